@@ -1,0 +1,1016 @@
+#!/usr/bin/env python3
+"""Local real-time voice assistant: microphone -> RealtimeSTT/faster-whisper -> llama-server -> Piper -> speaker.
+
+`VoiceConversationSystem` owns the policy: the turn lifecycle, barge-in, and what goes into the
+history. The mechanics live in the `voice_assistant` package. Threads:
+
+- audio-in (microphone worker or WAV pacer): `on_audio()` runs VAD, decides barge-in, feeds ASR;
+- asr: waits on RealtimeSTT's `text()` and submits user turns;
+- llm: streams a reply per turn and cuts it into sentences;
+- tts: synthesizes sentences into short audio blocks for the sink;
+- playback (PortAudio callback or WAV pacer): plays blocks, reports what was heard;
+- control: finishes turns whose reply has played (history, transcript, metrics, summaries).
+
+The turn counter is the one judge of staleness: every queue item carries its turn id and every
+consumer checks it when taking the item and at each inner step (SSE event, audio block).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from voice_assistant.audio_io import (
+    INPUT_CHUNK_SAMPLES,
+    INPUT_RATE_HZ,
+    AudioBlock,
+    AudioSink,
+    AudioSource,
+    EndOfReply,
+    split_blocks,
+)
+from voice_assistant.errors import LLMError, SetupError, VoiceAssistantError
+from voice_assistant.history import Exchange, History, summary_prompt_messages
+from voice_assistant.llm_client import CompletionStream, LlamaClient
+from voice_assistant.metrics import MetricsFile, TranscriptFile, format_turn, llm_breakdown, ms
+from voice_assistant.text import SentenceChunker, ThinkFilter, clean_for_speech, words_in
+from voice_assistant.turns import STOP, EndOfText, SentenceItem, TurnCounter
+
+log = logging.getLogger("voice_assistant.system")
+chat_log = logging.getLogger("voice_assistant.chat")
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant. Your words are spoken aloud, so answer in one or two "
+    "short, plain sentences without lists, markdown or emoji."
+)
+LLM_ERROR_REPLY = "Sorry, I could not get an answer from the language model."
+VAD_CHUNK_S = INPUT_CHUNK_SAMPLES / INPUT_RATE_HZ
+
+
+@dataclass(frozen=True)
+class AssistantConfig:
+    """Conversation policy. The seed's toggles keep their names and defaults."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # persona
+    max_reply_tokens: int = 96  # n_predict per reply
+    temperature: float = 0.6  # sampling temperature
+    use_http2: bool = False  # httpx HTTP/2 for the line reader (llama-server speaks HTTP/1.1 only)
+    use_raw_stream: bool = True  # raw-byte SSE reader instead of httpx's line iterator
+    pause_asr_during_prefill: bool = True  # hold ASR input while the LLM processes the prompt
+    low_latency_mode: bool = True  # strip mirostat/typical_p from the sampling parameters
+    enable_history_summarization: bool = True  # fold older turns into an LLM-written summary
+    summarize_after_turns: int = 10  # summarize once history holds more exchanges than this
+    history_trim_threshold: int = 12  # never keep more exchanges than this
+    keep_recent_turns: int = 4  # exchanges left verbatim after a summary
+    barge_in_enabled: bool = True  # user speech interrupts the assistant
+    barge_in_min_speech_ms: int = 250  # speech shorter than this (coughs, clicks) does not interrupt
+    resume_after_false_interruption: bool = True  # resume a reply cut off by sound without words
+    vad_threshold: float = 0.5  # Silero speech probability that counts as speech
+    first_clause_min_words: int = 4  # first TTS chunk may end at a comma after this many words (0: off)
+    block_ms: int = 20  # playback block length
+
+
+@dataclass
+class ActiveTurn:
+    """Mutable state of the turn being answered; fields are guarded by the system lock."""
+
+    turn_id: int
+    user_text: str
+    speech_end_t: float  # monotonic time the user stopped speaking
+    text_t: float  # monotonic time the final transcript was ready
+    created_t: float = field(default_factory=time.monotonic)
+    sentences: list[str] = field(default_factory=list)  # reply chunks generated so far
+    stream: CompletionStream | None = None
+    first_sentence_t: float = 0.0
+    first_audio_ready_t: float = 0.0
+    first_audio_t: float = 0.0  # first reply sample reached the speaker / output file
+    last_block_end_t: float = 0.0  # when the last played block of this turn stops sounding
+    heard_index: int = -1  # sentence being played
+    heard_progress: float = 0.0  # fraction of that sentence played
+    llm_done: bool = False
+    playback_done: bool = False
+    committed: bool = False
+    resumed_from: int = 0  # turn id this reply continues after a false interruption
+    prompt: str = ""
+    llm: dict = field(default_factory=dict)
+
+    def heard_text(self) -> str:
+        """What the user heard: whole sentences, then the played share of the current one's words."""
+        if self.heard_index < 0:
+            return ""
+        parts = self.sentences[: self.heard_index]
+        if self.heard_index < len(self.sentences):
+            words = words_in(self.sentences[self.heard_index])
+            if self.heard_progress >= 0.999:
+                parts.append(" ".join(words))
+            else:
+                kept = int(len(words) * self.heard_progress)
+                if kept:
+                    parts.append(" ".join(words[:kept]))
+        return " ".join(parts).strip()
+
+    def full_text(self) -> str:
+        return " ".join(self.sentences).strip()
+
+
+class VoiceConversationSystem:
+    """Orchestrates ASR, LLM and TTS for one conversation. Build with `from_args()` or inject fakes."""
+
+    def __init__(
+        self,
+        config: AssistantConfig,
+        client: LlamaClient,
+        synthesizer,
+        sink: AudioSink,
+        source: AudioSource | None = None,
+        vad=None,
+        recognizer=None,
+        transcript: TranscriptFile | None = None,
+        metrics: MetricsFile | None = None,
+        server=None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.synthesizer = synthesizer
+        self.sink = sink
+        self.source = source
+        self.vad = vad
+        self.recognizer = recognizer
+        self.transcript = transcript or TranscriptFile(None)
+        self.metrics = metrics or MetricsFile(None)
+        self.server = server
+        self.turns = TurnCounter()
+        self.history = History(config.history_trim_threshold)
+        self.sink.listener = self._on_play
+        self.sink.queue.is_current = self.turns.is_current
+
+        self._lock = threading.Lock()
+        self._active: ActiveTurn | None = None
+        self._resumable: ActiveTurn | None = None  # reply cut by a barge-in that may prove false
+        self._llm_queue: queue.Queue = queue.Queue()
+        self._tts_queue: queue.Queue = queue.Queue()
+        self._control_queue: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._stopping = threading.Event()
+        self.t0 = 0.0
+
+        # audio-in thread state
+        self._asr_paused = threading.Event()
+        self._held_audio: list[np.ndarray] = []
+        self._speech_run_start_t = 0.0  # onset of the current speech run, 0 when silent
+        self._last_speech_end_t = 0.0
+        self._silent_chunks = 0
+        self._barge_in_run_t = 0.0  # onset of the run that already triggered a barge-in
+
+        # asr state (RealtimeSTT callbacks)
+        self._recording = False
+        self._transcribing_since = 0.0
+        self._utterance_end_t = 0.0
+
+        self._summary_stream: CompletionStream | None = None
+        self._summary_thread: threading.Thread | None = None
+        self.barge_ins: list[dict] = []
+        self.turn_metrics: list[dict] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the worker threads, then playback and the audio source."""
+        self.t0 = time.monotonic()
+        workers = [("llm", self._run_llm), ("tts", self._run_tts), ("control", self._run_control)]
+        if self.recognizer is not None:
+            workers.append(("asr", self._run_asr))
+        for name, target in workers:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.sink.start(self.t0)
+        if self.source is not None:
+            self.source.start(self.on_audio, self.t0)
+
+    def close(self) -> None:
+        """Stop everything; idempotent; joins every thread with a time limit."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        if self.source is not None:
+            self.source.close()
+        self._abort_summary()
+        with self._lock:
+            active, self._active = self._active, None
+            self.turns.advance()
+        if active is not None:
+            self._stop_turn(active, reason="shutdown")
+        for q in (self._llm_queue, self._tts_queue, self._control_queue):
+            q.put(STOP)
+        if self.recognizer is not None:
+            stopper = threading.Thread(target=self.recognizer.shutdown, name="asr-shutdown", daemon=True)
+            stopper.start()
+            stopper.join(timeout=2.0)
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        if self._summary_thread is not None:
+            self._summary_thread.join(timeout=2.0)
+        self.sink.close()
+        self.client.close()
+        self.transcript.close()
+        if self.server is not None:
+            self.server.stop()
+
+    def is_idle(self) -> bool:
+        """Nothing heard, recognized, generated, synthesized or played is pending."""
+        transcribing = self._transcribing_since and time.monotonic() - self._transcribing_since < 10.0
+        with self._lock:
+            active = self._active
+        return (
+            active is None
+            and not self._recording
+            and not transcribing
+            and self._llm_queue.empty()
+            and self._tts_queue.empty()
+            and self.sink.queue.idle.is_set()
+        )
+
+    def run_until_input_done(self, settle_s: float = 1.5, tail_limit_s: float = 120.0) -> None:
+        """File mode: return once the input is exhausted and the assistant has stayed idle `settle_s`."""
+        exhausted = self.source.exhausted
+        while not exhausted.wait(0.1):
+            if self._stopping.is_set():
+                return
+        deadline = time.monotonic() + tail_limit_s
+        idle_since = 0.0
+        while not self._stopping.wait(0.05):
+            now = time.monotonic()
+            if self.is_idle():
+                idle_since = idle_since or now
+                if now - idle_since >= settle_s:
+                    return
+            else:
+                idle_since = 0.0
+            if now > deadline:
+                log.warning("assistant still busy %.0f s after the input ended; stopping", tail_limit_s)
+                return
+
+    # ------------------------------------------------------------------ audio in
+
+    def on_audio(self, chunk: np.ndarray, end_t: float) -> None:
+        """Audio-in thread: 32 ms of 16 kHz float32 audio captured until `end_t`."""
+        if self.vad is not None:
+            self._track_speech(self.vad.probability(chunk) >= self.config.vad_threshold, end_t)
+        if self.recognizer is None:
+            return
+        pcm = (np.clip(chunk, -1.0, 1.0) * 32767.0).astype(np.int16)
+        if self._asr_paused.is_set():
+            self._held_audio.append(pcm)
+            return
+        if self._held_audio:
+            held, self._held_audio = self._held_audio, []
+            for piece in held:
+                self.recognizer.feed(piece)
+        self.recognizer.feed(pcm)
+
+    def _track_speech(self, is_speech: bool, end_t: float) -> None:
+        if is_speech:
+            self._silent_chunks = 0
+            if not self._speech_run_start_t:
+                self._speech_run_start_t = end_t - VAD_CHUNK_S
+            self._last_speech_end_t = end_t
+            run_ms = (end_t - self._speech_run_start_t) * 1000.0
+            if (
+                self.config.barge_in_enabled
+                and run_ms >= self.config.barge_in_min_speech_ms
+                and self._barge_in_run_t != self._speech_run_start_t
+            ):
+                if self.interrupt(onset_t=self._speech_run_start_t, decision_t=end_t):
+                    self._barge_in_run_t = self._speech_run_start_t
+        else:
+            self._silent_chunks += 1
+            if self._silent_chunks * VAD_CHUNK_S >= 0.1:  # a 100 ms gap ends a speech run
+                self._speech_run_start_t = 0.0
+
+    # ------------------------------------------------------------------ turns
+
+    def submit_user_text(self, text: str, speech_end_t: float = 0.0, text_t: float = 0.0) -> int:
+        """Answer `text` as a new turn (any thread); returns its turn id."""
+        now = time.monotonic()
+        with self._lock:
+            old = self._active
+            turn = ActiveTurn(self.turns.advance(), text, speech_end_t or now, text_t or now)
+            self._active = turn
+            self._resumable = None
+        if old is not None:
+            self._stop_turn(old, reason="new user turn")
+        self._abort_summary()
+        chat_log.info("You: %s", text)
+        self._llm_queue.put(turn)
+        return turn.turn_id
+
+    def interrupt(self, onset_t: float = 0.0, decision_t: float = 0.0) -> bool:
+        """Barge-in: silence the reply now and forget its pending work. Fast; safe from any thread.
+
+        Returns False when there was nothing to interrupt.
+        """
+        decision_t = decision_t or time.monotonic()
+        with self._lock:
+            turn = self._active
+            if turn is None or turn.playback_done:
+                return False
+            self._active = None
+            self.turns.advance()
+            self._resumable = turn if self.config.resume_after_false_interruption else None
+        self._stop_turn(turn, reason="barge-in")
+        with self._lock:
+            stop_ms = max(0.0, (turn.last_block_end_t - decision_t) * 1000.0) if turn.last_block_end_t else 0.0
+        record = {
+            "turn": turn.turn_id,
+            "barge_in_detect_ms": ms(onset_t, decision_t) if onset_t else None,
+            "barge_in_stop_ms": round(stop_ms, 1),
+            "words_kept": len(words_in(turn.heard_text())),
+            "decision_t_s": round(decision_t - self.t0, 3),
+        }
+        self.barge_ins.append(record)
+        log.info("barge-in: turn %d stopped (detect %s ms, stop %s ms)", turn.turn_id,
+                 record["barge_in_detect_ms"], record["barge_in_stop_ms"])  # fmt: skip
+        return True
+
+    def _stop_turn(self, turn: ActiveTurn, reason: str) -> None:
+        """Silence and abandon `turn` (already made stale), then record what was heard."""
+        self.sink.clear()
+        with self._lock:
+            stream = turn.stream
+        if stream is not None:
+            stream.abort()
+        self._commit(turn, interrupted=not turn.playback_done, reason=reason)
+
+    def _commit(self, turn: ActiveTurn, interrupted: bool, reason: str = "") -> None:
+        """Record a finished or interrupted turn in history, transcript and metrics (once)."""
+        with self._lock:
+            if turn.committed:
+                return
+            turn.committed = True
+            heard = turn.heard_text() if interrupted else turn.full_text()
+        if turn.resumed_from:
+            self.history.replace_last_assistant(heard, interrupted)
+        else:
+            self.history.add(Exchange(turn.user_text, heard, interrupted))
+        metrics = {
+            "turn": turn.turn_id,
+            "user": turn.user_text,
+            "assistant_heard": heard,
+            "interrupted": interrupted,
+            "end_reason": reason or "finished",
+            "speech_end_s": round(turn.speech_end_t - self.t0, 3),
+            "asr_ms": ms(turn.speech_end_t, turn.text_t),
+            "llm": turn.llm,
+            "tts_first_chunk_ms": ms(turn.first_sentence_t, turn.first_audio_ready_t),
+            "voice_to_voice_ms": ms(turn.speech_end_t, turn.first_audio_t),
+            "first_audio_s": round(turn.first_audio_t - self.t0, 3) if turn.first_audio_t else None,
+        }
+        self.turn_metrics.append(metrics)
+        self.metrics.add(metrics)
+        self.transcript.write(
+            {
+                "turn": turn.turn_id,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "user": turn.user_text,
+                "assistant": heard,
+                "interrupted": interrupted,
+            }
+        )
+        if heard or not interrupted:
+            chat_log.info("Assistant: %s%s", heard, " [interrupted]" if interrupted else "")
+        log.info(format_turn(metrics))
+
+    # ------------------------------------------------------------------ ASR thread
+
+    def recognizer_callbacks(self):
+        from voice_assistant.asr import RecognizerCallbacks
+
+        return RecognizerCallbacks(
+            on_recording_start=self._on_recording_start,
+            on_recording_stop=self._on_recording_stop,
+            on_transcription_start=self._on_transcription_start,
+            on_vad_start=lambda: None,
+            on_vad_stop=lambda: None,
+        )
+
+    def _on_recording_start(self) -> None:
+        self._recording = True
+
+    def _on_recording_stop(self) -> None:
+        self._recording = False
+        self._transcribing_since = time.monotonic()
+        self._utterance_end_t = self._last_speech_end_t or time.monotonic()
+
+    def _on_transcription_start(self, *args) -> bool:
+        return False  # False: RealtimeSTT goes on to transcribe
+
+    def _run_asr(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                text = self.recognizer.next_text()
+            except Exception:  # a worker loop logs and carries on
+                if self._stopping.is_set():
+                    return
+                log.exception("speech recognition failed; listening again")
+                continue
+            self._transcribing_since = 0.0
+            if self._stopping.is_set():
+                return
+            self.on_final_text(text, self._utterance_end_t, time.monotonic())
+
+    def on_final_text(self, text: str, speech_end_t: float, text_t: float) -> None:
+        """A finished utterance: answer it, or resume a falsely interrupted reply if it had no words."""
+        if clean_for_speech(text):
+            self.submit_user_text(text.strip(), speech_end_t, text_t)
+            return
+        with self._lock:
+            resumable, self._resumable = self._resumable, None
+            busy = self._active is not None
+        if resumable is not None and not busy:
+            self._resume(resumable)
+
+    def _resume(self, cut: ActiveTurn) -> None:
+        """Continue a reply from its next unplayed sentence (the interruption had no words)."""
+        with self._lock:
+            if self._active is not None:
+                return
+            turn = ActiveTurn(self.turns.advance(), cut.user_text, cut.speech_end_t, cut.text_t)
+            turn.resumed_from = cut.turn_id
+            done = max(cut.heard_index + (1 if cut.heard_progress >= 0.999 else 0), 0)
+            heard_sentences = cut.sentences[:done]
+            turn.sentences = list(heard_sentences)
+            turn.prompt = cut.prompt
+            pending = cut.sentences[done:]
+            turn.llm_done = cut.llm_done
+            self._active = turn
+        log.info("no words in the interruption: resuming turn %d at sentence %d", cut.turn_id, done + 1)
+        self._llm_queue.put((turn, pending, cut.llm_done))
+
+    # ------------------------------------------------------------------ LLM thread
+
+    def sampling_params(self) -> dict:
+        params = {
+            "n_predict": self.config.max_reply_tokens,
+            "temperature": self.config.temperature,
+            "top_k": 40,
+            "top_p": 0.9,
+            "min_p": 0.05,
+            "repeat_penalty": 1.1,
+            "mirostat": 0,
+            "typical_p": 1.0,
+            "cache_prompt": True,
+            "id_slot": 0,
+        }
+        if self.config.low_latency_mode:
+            del params["mirostat"], params["typical_p"]
+        return params
+
+    def _run_llm(self) -> None:
+        while True:
+            item = self._llm_queue.get()
+            if item is STOP:
+                return
+            try:
+                if isinstance(item, tuple):
+                    self._continue_reply(*item)
+                else:
+                    self._respond(item)
+            except Exception:
+                log.exception("reply generation failed")
+
+    def _respond(self, turn: ActiveTurn) -> None:
+        if not self.turns.is_current(turn.turn_id):
+            return
+        build_start = time.monotonic()
+        try:
+            turn.prompt = self.client.apply_template(self.history.messages(self.config.system_prompt, turn.user_text))
+        except LLMError as exc:
+            log.error("language model unavailable: %s", exc)
+            self._emit_error_reply(turn)
+            return
+        build_end = time.monotonic()
+        self._stream_reply(turn, turn.prompt, build_start, build_end, start_index=0)
+
+    def _continue_reply(self, turn: ActiveTurn, pending: list[str], llm_done: bool) -> None:
+        """Speak `pending`, then let the model continue after everything generated so far."""
+        if not self.turns.is_current(turn.turn_id):
+            return
+        index = len(turn.sentences)
+        for text in pending:
+            self._emit(turn, index, text)
+            index += 1
+        if llm_done:
+            self._tts_queue.put(EndOfText(turn.turn_id))
+            return
+        prompt = turn.prompt + " ".join(turn.sentences)
+        now = time.monotonic()
+        self._stream_reply(turn, prompt, now, now, start_index=index, continuation=True)
+
+    def _stream_reply(self, turn, prompt, build_start, build_end, start_index, continuation=False) -> None:
+        stream = self.client.stream({"prompt": prompt, **self.sampling_params()})
+        with self._lock:
+            if not self.turns.is_current(turn.turn_id):
+                return
+            turn.stream = stream
+        think = ThinkFilter()
+        chunker = SentenceChunker(0 if (continuation or start_index) else self.config.first_clause_min_words)
+        index = start_index
+        if continuation:
+            chunker.feed(" ")  # the prompt ended mid-reply; keep words apart
+        if self.config.pause_asr_during_prefill:
+            self._asr_paused.set()
+        try:
+            for piece in stream:
+                self._asr_paused.clear()
+                if not self.turns.is_current(turn.turn_id):
+                    stream.abort()
+                    break
+                for sentence in chunker.feed(think.feed(piece)):
+                    self._emit(turn, index, sentence)
+                    index += 1
+            else:
+                if self.turns.is_current(turn.turn_id):
+                    for sentence in chunker.feed(think.flush()) + chunker.flush():
+                        self._emit(turn, index, sentence)
+                        index += 1
+        except LLMError as exc:
+            log.error("turn %d: %s", turn.turn_id, exc)
+            if index == start_index:
+                self._emit_error_reply(turn)
+                return
+        finally:
+            self._asr_paused.clear()
+            turn.llm = llm_breakdown(build_start, build_end, stream.stats)
+        if self.turns.is_current(turn.turn_id):
+            turn.llm_done = True
+            if index == start_index and not continuation:
+                log.warning("turn %d: the model returned no speakable text", turn.turn_id)
+            self._tts_queue.put(EndOfText(turn.turn_id))
+
+    def _emit(self, turn: ActiveTurn, index: int, text: str) -> None:
+        with self._lock:
+            if not self.turns.is_current(turn.turn_id):
+                return
+            if index >= len(turn.sentences):
+                turn.sentences.append(text)
+            if not turn.first_sentence_t:
+                turn.first_sentence_t = time.monotonic()
+        self._tts_queue.put(SentenceItem(turn.turn_id, index, text))
+
+    def _emit_error_reply(self, turn: ActiveTurn) -> None:
+        self._emit(turn, len(turn.sentences), LLM_ERROR_REPLY)
+        turn.llm_done = True
+        self._tts_queue.put(EndOfText(turn.turn_id))
+
+    # ------------------------------------------------------------------ TTS thread
+
+    def _run_tts(self) -> None:
+        while True:
+            item = self._tts_queue.get()
+            if item is STOP:
+                return
+            if not self.turns.is_current(item.turn_id):
+                continue
+            if isinstance(item, EndOfText):
+                self.sink.put(EndOfReply(item.turn_id))
+                continue
+            try:
+                self._speak(item)
+            except Exception:
+                log.exception("speech synthesis failed for %r", item.text[:60])
+
+    def _speak(self, item: SentenceItem) -> None:
+        text = clean_for_speech(item.text)
+        if not text:
+            return
+        audio = self.synthesizer.synthesize_all(text)
+        if not self.turns.is_current(item.turn_id) or len(audio) == 0:
+            return
+        with self._lock:
+            turn = self._active
+            if turn is not None and turn.turn_id == item.turn_id and not turn.first_audio_ready_t:
+                turn.first_audio_ready_t = time.monotonic()
+        blocks = split_blocks(audio, self.sink.block_frames)
+        for i, block in enumerate(blocks):
+            if not self.turns.is_current(item.turn_id):
+                return
+            self.sink.put(AudioBlock(item.turn_id, block, item.index, (i + 1) / len(blocks)))
+
+    # ------------------------------------------------------------------ playback and control
+
+    def _on_play(self, item, play_t: float) -> None:
+        """Playback thread: `item` starts sounding at `play_t`. Must stay fast."""
+        with self._lock:
+            turn = self._active
+            if turn is None or turn.turn_id != item.turn_id:
+                return
+            if isinstance(item, AudioBlock):
+                if not turn.first_audio_t:
+                    turn.first_audio_t = play_t
+                turn.heard_index = item.sentence_index
+                turn.heard_progress = item.sentence_progress
+                turn.last_block_end_t = play_t + len(item.samples) / self.sink.sample_rate_hz
+            elif isinstance(item, EndOfReply):
+                turn.playback_done = True
+                self._control_queue.put(turn)
+
+    def _run_control(self) -> None:
+        while True:
+            turn = self._control_queue.get()
+            if turn is STOP:
+                return
+            try:
+                with self._lock:
+                    if self._active is turn:
+                        self._active = None
+                        self._resumable = None
+                self._commit(turn, interrupted=False)
+                self._maybe_summarize()
+            except Exception:
+                log.exception("finishing turn %d failed", turn.turn_id)
+
+    # ------------------------------------------------------------------ history summaries
+
+    def _maybe_summarize(self) -> None:
+        config = self.config
+        if len(self.history) <= config.summarize_after_turns:
+            return
+        count = len(self.history) - config.keep_recent_turns
+        if not config.enable_history_summarization:
+            self.history.drop_oldest(count)
+            return
+        if self._summary_thread is not None and self._summary_thread.is_alive():
+            return
+        self._summary_thread = threading.Thread(target=self._summarize, args=(count,), name="summarizer", daemon=True)
+        self._summary_thread.start()
+
+    def _summarize(self, count: int) -> None:
+        """Summarizer thread: fold the oldest exchanges into the summary; truncate if that fails."""
+        exchanges = self.history.oldest(count)
+        try:
+            prompt = self.client.apply_template(summary_prompt_messages(self.history.summary, exchanges))
+            stream = self.client.stream(
+                {"prompt": prompt, "n_predict": 120, "temperature": 0.2, "cache_prompt": False, "id_slot": 1}
+            )
+            self._summary_stream = stream
+            summary = "".join(stream).strip()
+        except LLMError as exc:
+            log.warning("history summary failed (%s); dropping the oldest turns instead", exc)
+            self.history.drop_oldest(count)
+            return
+        finally:
+            self._summary_stream = None
+        if stream.aborted:
+            return  # a new turn started; try again after it
+        if not summary or not self.history.apply_summary(exchanges, summary):
+            self.history.drop_oldest(count)
+        else:
+            log.info("history: %d turns summarized", count)
+
+    def _abort_summary(self) -> None:
+        stream = self._summary_stream
+        if stream is not None:
+            stream.abort()
+
+
+# ---------------------------------------------------------------------- construction
+
+
+def state_dir() -> Path:
+    """Where logs are kept: $XDG_STATE_HOME/voice-assistant (default ~/.local/state/voice-assistant)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "voice-assistant"
+
+
+def assistant_config_from_args(args) -> AssistantConfig:
+    return AssistantConfig(
+        system_prompt=args.system_prompt,
+        max_reply_tokens=args.max_reply_tokens,
+        use_http2=args.use_http2,
+        use_raw_stream=args.use_raw_stream,
+        pause_asr_during_prefill=args.pause_asr_during_prefill,
+        low_latency_mode=args.low_latency_mode,
+        enable_history_summarization=args.enable_history_summarization,
+        summarize_after_turns=args.summarize_after_turns,
+        history_trim_threshold=args.history_trim_threshold,
+        barge_in_enabled=args.barge_in,
+        barge_in_min_speech_ms=args.barge_in_min_speech_ms,
+        resume_after_false_interruption=args.resume_after_false_interruption,
+        first_clause_min_words=args.first_clause_min_words,
+        block_ms=args.block_ms,
+    )
+
+
+def start_llm(args):
+    """(client, server or None): connect to --llm-url, or start the bundled/own llama-server."""
+    from voice_assistant.llama_server import LlamaServerProcess, ServerConfig
+    from voice_assistant.models import check_gguf, default_llama_server, default_llm_gguf
+
+    server = None
+    if args.llm_url:
+        url = args.llm_url
+    else:
+        binary = Path(args.llama_server) if args.llama_server else default_llama_server()
+        model = check_gguf(Path(args.llm_model)) if args.llm_model else default_llm_gguf()
+        server = LlamaServerProcess(
+            ServerConfig(
+                binary=binary,
+                model=model,
+                threads=args.llm_threads,
+                batch_threads=args.llm_batch_threads,
+                context_tokens=args.llm_context,
+                log_path=Path(args.server_log) if args.server_log else state_dir() / "llama-server.log",
+            )
+        )
+        url = server.start()
+    client = LlamaClient(url, use_raw_stream=args.use_raw_stream, use_http2=args.use_http2)
+    ready, detail = client.health()
+    if not ready:
+        if server is not None:
+            server.stop()
+        raise SetupError(f"llama-server at {url} is not reachable ({detail}); start it or drop --llm-url")
+    return client, server
+
+
+def build_system(args) -> VoiceConversationSystem:
+    """Real components from the command line. SetupError on any problem, before anything plays."""
+    from voice_assistant.asr import ASRConfig, SpeechRecognizer, WhisperTranscriber, resolve_asr_model
+    from voice_assistant.audio_io import (
+        MicrophoneSource,
+        SpeakerSink,
+        WavFileSink,
+        WavFileSource,
+        find_device,
+    )
+    from voice_assistant.models import default_tts_model
+    from voice_assistant.tts import PiperSynthesizer
+    from voice_assistant.vad import SileroVAD
+
+    config = assistant_config_from_args(args)
+    file_mode = args.input_wav is not None
+    source = WavFileSource(Path(args.input_wav)) if file_mode else None
+    if file_mode:
+        out_dir = Path(args.output_wav).resolve().parent
+        if not out_dir.is_dir():
+            raise SetupError(f"cannot write {args.output_wav}: folder {out_dir} does not exist")
+    synthesizer = PiperSynthesizer.load(Path(args.tts_model) if args.tts_model else default_tts_model(), args.tts_threads)
+    asr_config = ASRConfig(
+        model=resolve_asr_model(args.asr_model),
+        threads=args.asr_threads,
+        end_of_speech_silence_s=args.end_of_speech_silence_ms / 1000.0,
+    )
+    transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size)
+    vad = SileroVAD.load(threads=1)
+    transcript = TranscriptFile(Path(args.transcript)) if args.transcript else None
+    metrics = MetricsFile(Path(args.metrics_json)) if args.metrics_json else None
+    client, server = start_llm(args)
+    try:
+        if file_mode:
+            sink = WavFileSink(Path(args.output_wav), synthesizer.sample_rate_hz, config.block_ms)
+        else:
+            sink = SpeakerSink(find_device(args.output_device, "output"), synthesizer.sample_rate_hz, config.block_ms)
+            source = MicrophoneSource(find_device(args.input_device, "input"))
+        system = VoiceConversationSystem(config, client, synthesizer, sink, source, vad, None, transcript, metrics, server)
+        synthesizer.warm_up()
+        transcriber.warm_up()
+        warm = client.stream({"prompt": client.apply_template(system.history.messages(config.system_prompt)),
+                              "n_predict": 1, "cache_prompt": True, "id_slot": 0})  # fmt: skip
+        list(warm)  # fills the prompt cache with the system prompt
+        system.recognizer = SpeechRecognizer.create(asr_config, transcriber, system.recognizer_callbacks())
+    except BaseException:
+        client.close()
+        if server is not None:
+            server.stop()
+        raise
+    return system
+
+
+# ---------------------------------------------------------------------- self test
+
+
+def run_self_test(args) -> int:
+    """--test: check each component, print pass/fail with timings; 0 only if all needed parts pass."""
+    from voice_assistant.asr import WhisperTranscriber, resolve_asr_model
+    from voice_assistant.models import default_tts_model
+    from voice_assistant.tts import PiperSynthesizer
+    from voice_assistant.wavio import resample
+
+    results = []
+
+    def check(name, needed, func):
+        start = time.monotonic()
+        try:
+            detail = func()
+            ok = True
+        except Exception as exc:  # the test reports every failure as a line
+            detail, ok = (str(exc) or type(exc).__name__).splitlines()[0][:160], False
+        elapsed = (time.monotonic() - start) * 1000.0
+        results.append((ok, needed))
+        status = "PASS" if ok else ("FAIL" if needed else "WARN")
+        print(f"{status}  {name:<8} {elapsed:7.0f} ms  {detail}", flush=True)
+
+    state = {}
+
+    def tts():
+        synth = PiperSynthesizer.load(Path(args.tts_model) if args.tts_model else default_tts_model(), args.tts_threads)
+        synth.warm_up()
+        start = time.monotonic()
+        audio = synth.synthesize_all("Testing one two three. The weather is nice today.")
+        took = time.monotonic() - start
+        if len(audio) == 0 or float(np.abs(audio).max()) < 0.01:
+            raise RuntimeError("Piper produced silence")
+        state["speech"] = resample(audio, synth.sample_rate_hz, 16000)
+        seconds = len(audio) / synth.sample_rate_hz
+        return f"synthesized {seconds:.1f} s of speech, real-time factor {took / seconds:.2f}"
+
+    def asr():
+        if "speech" not in state:
+            raise RuntimeError("no test clip (TTS failed)")
+        transcriber = WhisperTranscriber.load(resolve_asr_model(args.asr_model), args.asr_threads)
+        transcriber.warm_up()
+        start = time.monotonic()
+        text = transcriber.transcribe_text(state["speech"])
+        took = (time.monotonic() - start) * 1000.0
+        if "weather" not in text.lower():
+            raise RuntimeError(f"transcribed {text!r}, expected the test sentence")
+        return f"transcribed {text!r} in {took:.0f} ms"
+
+    def llm():
+        client, server = start_llm(args)
+        try:
+            stream = client.stream({"prompt": client.apply_template([{"role": "user", "content": "Say hello."}]),
+                                    "n_predict": 16})  # fmt: skip
+            text = "".join(stream)
+            if stream.stats.tokens == 0:
+                raise RuntimeError("llama-server streamed no tokens")
+            first = ms(stream.stats.sent_t, stream.stats.first_token_t)
+            return f"{stream.stats.tokens} tokens streamed, first after {first} ms: {text.strip()[:40]!r}"
+        finally:
+            client.close()
+            if server is not None:
+                server.stop()
+
+    def devices(kind):
+        def probe():
+            import sounddevice
+
+            from voice_assistant.audio_io import find_device
+
+            device = find_device(args.input_device if kind == "input" else args.output_device, kind)
+            try:
+                info = sounddevice.query_devices(device, kind)
+                stream_type = sounddevice.InputStream if kind == "input" else sounddevice.OutputStream
+                with stream_type(samplerate=16000 if kind == "input" else 22050, channels=1, device=device):
+                    pass
+            except Exception as exc:
+                raise RuntimeError(f"no usable {kind} device: {str(exc).splitlines()[0]}") from None
+            return f"{info['name']} opened"
+
+        return probe
+
+    check("tts", True, tts)
+    check("asr", True, asr)
+    check("llm", True, llm)
+    devices_needed = args.input_wav is None
+    check("mic", devices_needed, devices("input"))
+    check("speaker", devices_needed, devices("output"))
+    failed = [ok for ok, needed in results if needed and not ok]
+    print("all needed components work" if not failed else f"{len(failed)} needed component(s) failed")
+    return 0 if not failed else 1
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def parse_args(argv=None):
+    toggle = argparse.BooleanOptionalAction
+    p = argparse.ArgumentParser(description="Local real-time voice assistant (RealtimeSTT + llama-server + Piper).")
+    p.add_argument("--llm-url", help="use this running llama-server instead of starting one")
+    p.add_argument("--llm-model", help="GGUF model for the auto-started llama-server (default: bundled SmolLM2-135M)")
+    p.add_argument("--llama-server", help="llama-server binary to start (default: the bundled build)")
+    p.add_argument("--tts-model", help="Piper voice .onnx, with its .onnx.json beside it (default: bundled joe)")
+    p.add_argument("--asr-model", help="faster-whisper model name or CTranslate2 folder (default: bundled tiny.en)")
+    p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT, help="the assistant's persona")
+    p.add_argument("--test", action="store_true", help="check every component and exit")
+    p.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    p.add_argument("--input-device", help="microphone: index or part of its name")
+    p.add_argument("--output-device", help="speaker: index or part of its name")
+    p.add_argument("--input-wav", help="file mode: play this WAV as the microphone, in real time")
+    p.add_argument("--output-wav", help="file mode: write everything played here, on the input's timeline")
+    p.add_argument("--transcript", help="append each turn as a JSON line to this file")
+    p.add_argument("--metrics-json", help="write per-turn timings to this JSON file")
+    p.add_argument("--server-log", help="llama-server log file (default: ~/.local/state/voice-assistant/)")
+    p.add_argument("--llm-threads", type=positive_int, default=1, help="llama-server generation threads (-t)")
+    p.add_argument("--llm-batch-threads", type=positive_int, default=2, help="llama-server prompt threads (-tb)")
+    p.add_argument("--llm-context", type=positive_int, default=4096, help="context tokens per server slot")
+    p.add_argument("--asr-threads", type=positive_int, default=2, help="CTranslate2 threads for faster-whisper")
+    p.add_argument("--tts-threads", type=positive_int, default=1, help="onnxruntime threads for Piper")
+    p.add_argument("--max-reply-tokens", type=positive_int, default=96, help="longest reply, in tokens")
+    p.add_argument("--end-of-speech-silence-ms", type=positive_int, default=450, help="silence that ends an utterance")
+    p.add_argument("--block-ms", type=positive_int, default=20, choices=[10, 20, 30, 40], help="playback block")
+    p.add_argument("--first-clause-min-words", type=non_negative_int, default=4,
+                   help="first spoken chunk may end at a comma after this many words (0: whole sentences)")
+    p.add_argument("--use-http2", action=toggle, default=False, help="HTTP/2 for the line reader")
+    p.add_argument("--use-raw-stream", action=toggle, default=True, help="raw-byte SSE reader")
+    p.add_argument("--pause-asr-during-prefill", action=toggle, default=True, help="hold ASR during prefill")
+    p.add_argument("--low-latency-mode", action=toggle, default=True, help="strip mirostat/typical_p")
+    p.add_argument("--enable-history-summarization", action=toggle, default=True, help="summarize old turns")
+    p.add_argument("--summarize-after-turns", type=positive_int, default=10, help="summarize beyond this many turns")
+    p.add_argument("--history-trim-threshold", type=positive_int, default=12, help="most turns kept verbatim")
+    p.add_argument("--barge-in", action=toggle, default=True, help="let user speech interrupt the assistant")
+    p.add_argument("--barge-in-min-speech-ms", type=positive_int, default=250, help="speech needed to interrupt")
+    p.add_argument("--resume-after-false-interruption", action=toggle, default=True,
+                   help="resume a reply interrupted by a sound without words")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = p.parse_args(argv)
+    if (args.input_wav is None) != (args.output_wav is None) and not args.test:
+        p.error("file mode needs both --input-wav and --output-wav")
+    if args.llm_url and (args.llm_model or args.llama_server):
+        p.error("--llm-url uses a running server; --llm-model and --llama-server apply only to one we start")
+    if args.history_trim_threshold < args.summarize_after_turns:
+        p.error("--history-trim-threshold must be at least --summarize-after-turns")
+    return args
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), format="%(message)s", stream=sys.stdout)
+    for noisy in ("RealtimeSTT", "realtimestt", "faster_whisper", "httpx", "httpcore", "piper"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    if args.list_devices:
+        from voice_assistant.audio_io import list_devices
+
+        try:
+            print(list_devices())
+        except SetupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.test:
+        return run_self_test(args)
+    launch_t = time.monotonic()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    system = None
+    try:
+        system = build_system(args)
+        system.start()
+        log.info("listening (ready %.1f s after launch)%s", time.monotonic() - launch_t,
+                 "" if args.input_wav else "; press Ctrl-C to quit")  # fmt: skip
+        if args.input_wav:
+            waiter = threading.Thread(target=system.run_until_input_done, name="file-mode", daemon=True)
+            waiter.start()
+            while waiter.is_alive() and not stop.wait(0.1):
+                pass
+        else:
+            stop.wait()
+    except VoiceAssistantError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if system is not None:
+            system.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

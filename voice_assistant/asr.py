@@ -1,0 +1,156 @@
+"""Speech recognition: faster-whisper in this process, driven by RealtimeSTT's VAD and turn logic.
+
+`WhisperTranscriber` owns the CTranslate2 model with an explicit thread budget and is passed to
+RealtimeSTT as its `transcription_executor`, so no model subprocess is started. `SpeechRecognizer`
+wraps RealtimeSTT's `AudioToTextRecorder` fed with `feed_audio()` (we capture the microphone
+ourselves, so live mode and file mode take the same path).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import SetupError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_NAMES = ("tiny.en",)
+
+
+def resolve_asr_model(name_or_dir: str | None) -> str:
+    """A CTranslate2 model directory for `--asr-model` (None or 'tiny.en' means the bundled one)."""
+    from .models import default_asr_model_dir
+
+    if name_or_dir is None or name_or_dir in BUNDLED_NAMES:
+        return str(default_asr_model_dir())
+    path = Path(name_or_dir)
+    if path.is_dir():
+        if not (path / "model.bin").is_file():
+            raise SetupError(f"{path} is not a CTranslate2 Whisper model directory (no model.bin)")
+        return str(path)
+    return name_or_dir  # a model name: faster-whisper looks in its local cache only (no download)
+
+
+@dataclass(frozen=True)
+class ASRConfig:
+    """Speech recognition settings."""
+
+    model: str  # CTranslate2 directory or a locally cached model name
+    threads: int = 2  # CTranslate2 intra-op threads
+    beam_size: int = 1  # 1 = greedy decoding, fastest
+    language: str = "en"  # spoken language code
+    end_of_speech_silence_s: float = 0.45  # silence that ends an utterance
+    min_utterance_s: float = 0.3  # shorter recordings are dropped
+    early_transcription_ms: int = 0  # >0: transcribe this long into the end-of-speech silence
+
+
+class WhisperTranscriber:
+    """faster-whisper model; the RealtimeSTT `transcription_executor` interface."""
+
+    def __init__(self, model, beam_size: int = 1) -> None:
+        self._model = model
+        self._beam_size = beam_size
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str, threads: int = 2, beam_size: int = 1) -> "WhisperTranscriber":
+        from faster_whisper import WhisperModel
+
+        try:
+            whisper = WhisperModel(
+                model, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1,
+                local_files_only=True,
+            )  # fmt: skip
+        except Exception as exc:  # faster-whisper/huggingface raise many unrelated types
+            raise SetupError(
+                f"ASR model {model!r} not available offline ({type(exc).__name__}); "
+                "pass a CTranslate2 Whisper directory with --asr-model"
+            ) from None
+        return cls(whisper, beam_size)
+
+    def transcribe_text(self, audio: np.ndarray, language: str | None = "en") -> str:
+        """Text of float32 16 kHz mono audio."""
+        with self._lock:
+            segments, _info = self._model.transcribe(
+                audio, language=language, beam_size=self._beam_size, vad_filter=False,
+                condition_on_previous_text=False, without_timestamps=True,
+            )  # fmt: skip
+            return " ".join(segment.text.strip() for segment in segments).strip()
+
+    def transcribe(self, audio, language=None, use_prompt=True, **options):
+        """RealtimeSTT executor entry point (called on a RealtimeSTT worker thread)."""
+        from RealtimeSTT.transcription_engines.base import TranscriptionResult
+
+        return TranscriptionResult(text=self.transcribe_text(np.asarray(audio, dtype=np.float32), language))
+
+    def warm_up(self) -> None:
+        self.transcribe_text(np.zeros(16000, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class RecognizerCallbacks:
+    """RealtimeSTT callbacks; each runs on a RealtimeSTT thread and must return quickly."""
+
+    on_recording_start: Callable[[], None]
+    on_recording_stop: Callable[[], None]
+    on_transcription_start: Callable[..., None]
+    on_vad_start: Callable[[], None]
+    on_vad_stop: Callable[[], None]
+
+
+class SpeechRecognizer:
+    """RealtimeSTT's recorder fed by us. `next_text()` blocks until an utterance is transcribed."""
+
+    def __init__(self, recorder) -> None:
+        self._recorder = recorder
+
+    @classmethod
+    def create(cls, config: ASRConfig, transcriber: WhisperTranscriber, callbacks: RecognizerCallbacks):
+        from RealtimeSTT import AudioToTextRecorder
+
+        recorder = AudioToTextRecorder(
+            model=config.model,
+            transcription_executor=transcriber,
+            language=config.language,
+            device="cpu",
+            compute_type="int8",
+            use_microphone=False,
+            spinner=False,
+            no_log_file=True,
+            level=logging.WARNING,
+            post_speech_silence_duration=config.end_of_speech_silence_s,
+            min_length_of_recording=config.min_utterance_s,
+            min_gap_between_recordings=0.0,
+            early_transcription_on_silence=config.early_transcription_ms,
+            silero_backend="auto",
+            silero_onnx_threads=1,
+            silero_deactivity_detection=True,
+            beam_size=config.beam_size,
+            on_recording_start=callbacks.on_recording_start,
+            on_recording_stop=callbacks.on_recording_stop,
+            on_transcription_start=callbacks.on_transcription_start,
+            on_vad_start=callbacks.on_vad_start,
+            on_vad_stop=callbacks.on_vad_stop,
+            ensure_sentence_ends_with_period=False,
+        )
+        return cls(recorder)
+
+    def feed(self, chunk_int16: np.ndarray) -> None:
+        """Audio at 16 kHz, int16 mono (called on the audio-in thread)."""
+        self._recorder.feed_audio(chunk_int16.tobytes(), original_sample_rate=16000)
+
+    def next_text(self) -> str:
+        """Block until the next utterance is transcribed; '' when it held no words or on shutdown."""
+        return self._recorder.text() or ""
+
+    def abort(self) -> None:
+        self._recorder.abort()
+
+    def shutdown(self) -> None:
+        self._recorder.shutdown()

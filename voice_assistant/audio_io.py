@@ -1,0 +1,360 @@
+"""Audio sources (microphone, WAV file) and sinks (speaker, WAV file) behind small seams.
+
+Sources deliver 32 ms chunks of float32 mono audio at 16 kHz to a consumer together with the
+monotonic time at which the chunk's last sample was captured. Sinks play `AudioBlock`s of a
+few tens of milliseconds; before each block they ask whether its turn is still current, so an
+interrupted turn never reaches the speaker after `clear()`, and they report every block as it
+starts to play so the orchestrator knows what the user heard.
+
+Threads: a sounddevice callback thread (live) or one pacing thread per file source/sink.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import AudioDeviceError
+from .wavio import read_wav, resample, write_wav
+
+log = logging.getLogger(__name__)
+
+INPUT_RATE_HZ = 16000
+INPUT_CHUNK_SAMPLES = 512  # 32 ms: Silero VAD's window and RealtimeSTT's buffer size
+
+
+@dataclass(frozen=True)
+class AudioBlock:
+    """A short piece of reply audio at the sink's rate."""
+
+    turn_id: int  # the turn that produced it; stale turns are never played
+    samples: np.ndarray  # float32 mono
+    sentence_index: int  # which chunk of the reply this belongs to
+    sentence_progress: float  # fraction of that chunk's audio played once this block has played
+
+
+@dataclass(frozen=True)
+class EndOfReply:
+    """Marker queued after a reply's last block; reported when playback reaches it."""
+
+    turn_id: int
+
+
+PlayListener = Callable[[object, float], None]
+"""Called with (AudioBlock or EndOfReply, monotonic time its first sample is heard)."""
+
+AudioConsumer = Callable[[np.ndarray, float], None]
+"""Called with (512 float32 samples at 16 kHz, monotonic capture time of the last sample)."""
+
+
+def split_blocks(samples: np.ndarray, block_frames: int) -> list[np.ndarray]:
+    """Cut audio into blocks of exactly `block_frames` (the last one zero-padded)."""
+    blocks = []
+    for start in range(0, len(samples), block_frames):
+        block = samples[start : start + block_frames]
+        if len(block) < block_frames:
+            block = np.concatenate([block, np.zeros(block_frames - len(block), dtype=np.float32)])
+        blocks.append(block)
+    return blocks
+
+
+class BlockQueue:
+    """The queue both sinks play from. `take()` skips stale turns; `clear()` drops everything."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self.is_current: Callable[[int], bool] = lambda turn_id: True  # the orchestrator's judge
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def put(self, item) -> None:
+        with self._lock:
+            self._items.append(item)
+            self.idle.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.idle.set()
+
+    def take(self) -> list:
+        """Items to report for this tick: any EndOfReply markers, then at most one AudioBlock."""
+        taken = []
+        with self._lock:
+            while self._items:
+                item = self._items.popleft()
+                if not self.is_current(item.turn_id):
+                    continue
+                taken.append(item)
+                if isinstance(item, AudioBlock):
+                    break
+            if not self._items:
+                self.idle.set()
+        return taken
+
+
+class AudioSink:
+    """Plays reply audio. `put` and `clear` are safe from any thread and never block."""
+
+    sample_rate_hz: int
+    block_frames: int
+
+    def __init__(self, sample_rate_hz: int, block_ms: int) -> None:
+        self.sample_rate_hz = sample_rate_hz
+        self.block_frames = int(sample_rate_hz * block_ms / 1000)
+        self.queue = BlockQueue()
+        self.listener: PlayListener = lambda item, t: None
+        self.played_listener: Callable[[np.ndarray, float], None] | None = None  # exact played samples
+
+    def put(self, item) -> None:
+        self.queue.put(item)
+
+    def clear(self) -> None:
+        self.queue.clear()
+
+    def _next_block(self, play_t: float) -> np.ndarray | None:
+        block = None
+        for item in self.queue.take():
+            self.listener(item, play_t)
+            if isinstance(item, AudioBlock):
+                block = item.samples
+        return block
+
+    def start(self, t0: float) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class WavFileSink(AudioSink):
+    """Writes what is played onto the input's timeline: sample k is played at t0 + k / rate."""
+
+    def __init__(self, path: Path, sample_rate_hz: int, block_ms: int) -> None:
+        super().__init__(sample_rate_hz, block_ms)
+        self.path = Path(path)
+        self._blocks: list[np.ndarray] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+        self._silence = np.zeros(self.block_frames, dtype=np.float32)
+
+    def start(self, t0: float) -> None:
+        self._t0 = t0
+        self._thread = threading.Thread(target=self._run, name="wav-sink", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        cursor = 0
+        while not self._stop.is_set():
+            play_t = self._t0 + cursor / self.sample_rate_hz
+            delay = play_t - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            block = self._next_block(play_t)
+            samples = self._silence if block is None else block
+            self._blocks.append(samples)
+            if self.played_listener is not None:
+                self.played_listener(samples, play_t)
+            cursor += self.block_frames
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        if self._blocks:
+            write_wav(self.path, np.concatenate(self._blocks), self.sample_rate_hz)
+            self._blocks = []
+
+
+def find_device(spec: str | None, kind: str) -> int | None:
+    """Device index for `--input-device`/`--output-device` (an index or part of a name)."""
+    import sounddevice
+
+    if spec is None:
+        return None
+    channels_key = "max_input_channels" if kind == "input" else "max_output_channels"
+    try:
+        devices = sounddevice.query_devices()
+    except Exception as exc:  # PortAudio errors
+        raise AudioDeviceError(f"cannot list audio devices: {exc}") from None
+    if spec.isdigit():
+        index = int(spec)
+        if index < len(devices) and devices[index][channels_key] > 0:
+            return index
+        raise AudioDeviceError(f"no {kind} device with index {index}; see --list-devices")
+    for index, device in enumerate(devices):
+        if spec.lower() in device["name"].lower() and device[channels_key] > 0:
+            return index
+    raise AudioDeviceError(f"no {kind} device named like {spec!r}; see --list-devices")
+
+
+def list_devices() -> str:
+    import sounddevice
+
+    try:
+        return str(sounddevice.query_devices())
+    except Exception as exc:
+        raise AudioDeviceError(f"cannot list audio devices: {exc}") from None
+
+
+class SpeakerSink(AudioSink):
+    """PortAudio output in blocks of `block_ms`; an interruption silences it within one block."""
+
+    def __init__(self, device: int | None, sample_rate_hz: int, block_ms: int) -> None:
+        super().__init__(sample_rate_hz, block_ms)
+        self.device = device
+        self._stream = None
+        self.latency_s = 0.0
+
+    def start(self, t0: float) -> None:
+        import sounddevice
+
+        try:
+            self._stream = sounddevice.OutputStream(
+                samplerate=self.sample_rate_hz, channels=1, dtype="float32", device=self.device,
+                blocksize=self.block_frames, latency="low", callback=self._callback,
+            )  # fmt: skip
+            self._stream.start()
+        except Exception as exc:  # PortAudioError and friends
+            raise AudioDeviceError(f"cannot open the output device: {exc}") from None
+        self.latency_s = float(self._stream.latency)
+
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        """PortAudio's thread: fill one block; never blocks."""
+        play_t = time.monotonic() + max(0.0, time_info.outputBufferDacTime - time_info.currentTime)
+        block = self._next_block(play_t) if frames == self.block_frames else None
+        if block is None:
+            outdata.fill(0)
+        else:
+            outdata[:, 0] = block
+        if self.played_listener is not None:
+            self.played_listener(outdata[:, 0].copy(), play_t)
+
+    def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.abort()
+                stream.close()
+            except Exception:  # the device may already be gone
+                pass
+
+
+class AudioSource:
+    """Delivers microphone-like audio to a consumer on its own thread."""
+
+    exhausted: threading.Event  # set when a file source has delivered its whole file
+
+    def start(self, consumer: AudioConsumer, t0: float) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class WavFileSource(AudioSource):
+    """A WAV played as the microphone, in real time; then silence, as a quiet room would give."""
+
+    def __init__(self, path: Path) -> None:
+        samples, rate = read_wav(path)  # WavFormatError for bad input, before anything starts
+        self.samples = resample(samples, rate, INPUT_RATE_HZ)
+        self.duration_s = len(self.samples) / INPUT_RATE_HZ
+        self.exhausted = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, consumer: AudioConsumer, t0: float) -> None:
+        self._thread = threading.Thread(target=self._run, args=(consumer, t0), name="wav-source", daemon=True)
+        self._thread.start()
+
+    def _run(self, consumer: AudioConsumer, t0: float) -> None:
+        silence = np.zeros(INPUT_CHUNK_SAMPLES, dtype=np.float32)
+        k = 0
+        while not self._stop.is_set():
+            start = k * INPUT_CHUNK_SAMPLES
+            chunk = self.samples[start : start + INPUT_CHUNK_SAMPLES]
+            if len(chunk) < INPUT_CHUNK_SAMPLES:
+                if not self.exhausted.is_set() and start >= len(self.samples):
+                    self.exhausted.set()
+                chunk = np.concatenate([chunk, silence[: INPUT_CHUNK_SAMPLES - len(chunk)]])
+            end_t = t0 + (start + INPUT_CHUNK_SAMPLES) / INPUT_RATE_HZ
+            delay = end_t - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            consumer(chunk, end_t)
+            k += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+
+
+class MicrophoneSource(AudioSource):
+    """PortAudio input at 16 kHz; the callback only queues, a worker thread calls the consumer."""
+
+    def __init__(self, device: int | None) -> None:
+        self.device = device
+        self.exhausted = threading.Event()  # never set: a microphone does not run out
+        self._queue: queue.Queue = queue.Queue(maxsize=200)
+        self._stream = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.latency_s = 0.0
+        self.dropped_chunks = 0
+
+    def start(self, consumer: AudioConsumer, t0: float) -> None:
+        import sounddevice
+
+        try:
+            self._stream = sounddevice.InputStream(
+                samplerate=INPUT_RATE_HZ, channels=1, dtype="float32", device=self.device,
+                blocksize=INPUT_CHUNK_SAMPLES, latency="low", callback=self._callback,
+            )  # fmt: skip
+            self._stream.start()
+        except Exception as exc:
+            raise AudioDeviceError(f"cannot open the input device: {exc}") from None
+        self.latency_s = float(self._stream.latency)
+        self._thread = threading.Thread(target=self._run, args=(consumer,), name="mic-source", daemon=True)
+        self._thread.start()
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        captured_t = time.monotonic() - max(0.0, time_info.currentTime - time_info.inputBufferAdcTime)
+        try:
+            self._queue.put_nowait((indata[:, 0].copy(), captured_t))
+        except queue.Full:
+            self.dropped_chunks += 1
+
+    def _run(self, consumer: AudioConsumer) -> None:
+        while not self._stop.is_set():
+            try:
+                chunk, captured_t = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if len(chunk) == INPUT_CHUNK_SAMPLES:
+                consumer(chunk, captured_t)
+
+    def close(self) -> None:
+        self._stop.set()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.abort()
+                stream.close()
+            except Exception:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None

@@ -1,0 +1,42 @@
+"""One exception tree for the whole assistant.
+
+    VoiceAssistantError
+    ├── SetupError          a start-up problem the user must fix (missing model, bad flag, no device)
+    │   ├── AudioDeviceError
+    │   └── WavFormatError
+    └── LLMError            a problem talking to llama-server during a turn
+        ├── LLMConnectionError   cannot connect, connection lost, read timed out
+        └── LLMProtocolError     HTTP error status or a malformed response
+
+Errors are converted to these types once, at the boundary of the module that meets them.
+`main()` turns a SetupError into one line on stderr and a non-zero exit.
+Cancellation (barge-in) is not an error: streams end quietly with `cancelled=True`.
+"""
+
+
+class VoiceAssistantError(Exception):
+    """Base class of every error the assistant raises on purpose."""
+
+
+class SetupError(VoiceAssistantError):
+    """Start-up failed; the message says what is wrong and what to do."""
+
+
+class AudioDeviceError(SetupError):
+    """An audio device could not be found or opened."""
+
+
+class WavFormatError(SetupError):
+    """A WAV file is missing, unreadable or in a format we cannot read."""
+
+
+class LLMError(VoiceAssistantError):
+    """Talking to llama-server failed during a turn."""
+
+
+class LLMConnectionError(LLMError):
+    """The server could not be reached, closed the connection, or stopped answering."""
+
+
+class LLMProtocolError(LLMError):
+    """The server answered with an HTTP error or a response we cannot parse."""

@@ -1,0 +1,383 @@
+"""Client for llama.cpp's `llama-server`: health, chat templates and streamed `/completion`.
+
+Two stream readers, chosen by `use_raw_stream`:
+- raw (default): our own HTTP/1.1 over a socket, bytes -> `ChunkedDecoder` -> `SSEParser`.
+  It measures the first byte exactly and `abort()` shuts the socket down, which wakes a blocked
+  read at once and tells llama-server to stop generating.
+- lines: httpx's `iter_lines()`; `use_http2` asks httpx for HTTP/2 (llama-server speaks only
+  HTTP/1.1, so on `http://` this changes nothing; it is kept as the seed's toggle).
+Both raise only `LLMError` subclasses. A stream cancelled by `abort()` ends quietly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+
+from .errors import LLMConnectionError, LLMProtocolError
+from .sse import ChunkedDecoder, SSEParser, decode_line, sse_data
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "LLAMA_API_KEY"
+"""Environment variable holding an optional API key for a remote llama-server (never logged)."""
+
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+
+
+@dataclass
+class StreamStats:
+    """Timestamps (time.monotonic seconds) and counts of one streamed completion."""
+
+    open_t: float = 0.0  # request about to be sent (connection opened)
+    sent_t: float = 0.0  # request fully written to the socket
+    first_byte_t: float = 0.0  # first byte of the response arrived
+    first_line_t: float = 0.0  # first complete SSE data line
+    first_token_t: float = 0.0  # first non-empty content piece
+    end_t: float = 0.0  # stream finished, failed or was aborted
+    tokens: int = 0  # content events received
+    server_timings: dict = field(default_factory=dict)  # llama-server's own `timings` object
+    stop_type: str = ""  # why generation stopped, per the server ("eos", "limit", "word")
+    cancelled: bool = False  # ended by abort()
+
+
+def chatml(messages: list[dict]) -> str:
+    """ChatML prompt, used only when the server cannot apply the model's own template."""
+    parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    return "".join(parts) + "<|im_start|>assistant\n"
+
+
+class LlamaClient:
+    """Talks to one llama-server. Thread-safe: each stream has its own connection."""
+
+    def __init__(
+        self,
+        base_url: str,
+        use_raw_stream: bool = True,
+        use_http2: bool = False,
+        connect_timeout_s: float = 3.0,
+        read_timeout_s: float = 30.0,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise LLMConnectionError(f"not an http(s) URL: {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.use_raw_stream = use_raw_stream
+        self.use_http2 = use_http2
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self._api_key = os.environ.get(API_KEY_ENV) or None
+        self._http = httpx.Client(
+            http2=use_http2,
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            headers=self._auth_headers(),
+        )
+        self._template_supported = True
+
+    def _auth_headers(self) -> dict:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def close(self) -> None:
+        self._http.close()
+
+    def health(self, timeout_s: float = 2.0) -> tuple[bool, str]:
+        """(ready, detail): ready only on HTTP 200 from /health; never raises."""
+        try:
+            response = self._http.get(self.base_url + "/health", timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return response.status_code == 200, f"HTTP {response.status_code}"
+
+    def apply_template(self, messages: list[dict]) -> str:
+        """The prompt for `messages` in the model's own chat template (server's /apply-template)."""
+        if self._template_supported:
+            try:
+                response = self._http.post(self.base_url + "/apply-template", json={"messages": messages})
+            except httpx.HTTPError as exc:
+                raise LLMConnectionError(f"llama-server at {self.base_url} unreachable: {exc}") from None
+            if response.status_code == 200:
+                try:
+                    return response.json()["prompt"]
+                except (ValueError, KeyError, TypeError):
+                    raise LLMProtocolError("llama-server /apply-template answered without a prompt") from None
+            if response.status_code != 404:
+                raise LLMProtocolError(f"llama-server /apply-template: HTTP {response.status_code}")
+            log.warning("llama-server has no /apply-template; falling back to the ChatML template")
+            self._template_supported = False
+        return chatml(messages)
+
+    def stream(self, payload: dict) -> "CompletionStream":
+        """Start a streamed /completion (payload gets `stream: true`); iterate it for text pieces."""
+        body = json.dumps({**payload, "stream": True}).encode()
+        if self.use_raw_stream:
+            return RawCompletionStream(self, body)
+        return LinesCompletionStream(self, body)
+
+    def complete(self, payload: dict) -> str:
+        """A whole completion as one string (used for background summaries)."""
+        return "".join(self.stream(payload))
+
+
+class CompletionStream:
+    """One streamed /completion. Iterate for content pieces; `abort()` from any thread."""
+
+    def __init__(self, client: LlamaClient, body: bytes) -> None:
+        self.client = client
+        self.body = body
+        self.stats = StreamStats()
+        self._aborted = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted.is_set()
+
+    def abort(self) -> None:
+        """Stop the stream now: closes the connection so the server stops generating. Non-blocking."""
+        self._aborted.set()
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        raise NotImplementedError
+
+    def _handle_payload(self, payload: str) -> tuple[str, bool]:
+        """(content, stop) of one SSE data payload; raises LLMProtocolError for errors."""
+        now = time.monotonic()
+        if not self.stats.first_line_t:
+            self.stats.first_line_t = now
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            raise LLMProtocolError(f"llama-server sent a non-JSON event: {payload[:80]!r}") from None
+        if not isinstance(event, dict):
+            raise LLMProtocolError(f"llama-server sent an unexpected event: {payload[:80]!r}")
+        if "error" in event:
+            error = event["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise LLMProtocolError(f"llama-server error: {message}")
+        content = event.get("content") or ""
+        if not isinstance(content, str):
+            raise LLMProtocolError("llama-server sent non-text content")
+        if content:
+            self.stats.tokens += 1
+            if not self.stats.first_token_t:
+                self.stats.first_token_t = now
+        stop = bool(event.get("stop"))
+        if stop:
+            self.stats.server_timings = event.get("timings") or {}
+            self.stats.stop_type = str(event.get("stop_type", ""))
+        return content, stop
+
+
+class RawCompletionStream(CompletionStream):
+    """HTTP/1.1 over a plain socket, parsed from bytes."""
+
+    def __init__(self, client: LlamaClient, body: bytes) -> None:
+        super().__init__(client, body)
+        self._sock: socket.socket | None = None
+
+    def _hang_up(self) -> None:
+        with self._lock:
+            sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _connect(self) -> socket.socket:
+        parts = urlsplit(self.client.base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            sock = socket.create_connection((parts.hostname, port), timeout=self.client.connect_timeout_s)
+        except OSError as exc:
+            raise LLMConnectionError(f"cannot connect to llama-server at {self.client.base_url}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if parts.scheme == "https":
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
+        sock.settimeout(self.client.read_timeout_s)
+        return sock
+
+    def _request_bytes(self) -> bytes:
+        parts = urlsplit(self.client.base_url)
+        path = (parts.path.rstrip("/") or "") + "/completion"
+        headers = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {parts.netloc}",
+            "Content-Type: application/json",
+            "Accept: text/event-stream",
+            f"Content-Length: {len(self.body)}",
+            "Connection: close",
+        ]
+        headers += [f"{k}: {v}" for k, v in self.client._auth_headers().items()]
+        return ("\r\n".join(headers) + "\r\n\r\n").encode() + self.body
+
+    def __iter__(self) -> Iterator[str]:
+        self.stats.open_t = time.monotonic()
+        if self.aborted:
+            self.stats.cancelled = True
+            return
+        sock = self._connect()
+        with self._lock:
+            self._sock = sock
+        try:
+            yield from self._read(sock)
+        except (OSError, ssl.SSLError) as exc:
+            if not self.aborted:
+                kind = "timed out" if isinstance(exc, socket.timeout) else f"failed: {exc}"
+                raise LLMConnectionError(f"reading from llama-server {kind}") from None
+        finally:
+            self.stats.end_t = time.monotonic()
+            self.stats.cancelled = self.aborted
+            with self._lock:
+                self._sock = None
+            sock.close()
+
+    def _recv(self, sock: socket.socket) -> bytes:
+        data = sock.recv(65536)
+        if data and not self.stats.first_byte_t:
+            self.stats.first_byte_t = time.monotonic()
+        return data
+
+    def _read(self, sock: socket.socket) -> Iterator[str]:
+        sock.sendall(self._request_bytes())
+        self.stats.sent_t = time.monotonic()
+        head = bytearray()
+        while b"\r\n\r\n" not in head:
+            if self.aborted:
+                return
+            data = self._recv(sock)
+            if not data:
+                if self.aborted:
+                    return
+                raise LLMConnectionError("llama-server closed the connection before answering")
+            head += data
+            if len(head) > MAX_HEADER_BYTES:
+                raise LLMProtocolError("llama-server sent oversized HTTP headers")
+        header_bytes, _, rest = bytes(head).partition(b"\r\n\r\n")
+        lines = decode_line(header_bytes).split("\r\n")
+        try:
+            status = int(lines[0].split()[1])
+        except (IndexError, ValueError):
+            raise LLMProtocolError(f"llama-server sent a malformed status line: {lines[0][:80]!r}") from None
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        decoder = ChunkedDecoder() if chunked else None
+        if status != 200:
+            body = bytearray(rest)
+            while len(body) < MAX_ERROR_BODY_BYTES:
+                data = self._recv(sock)
+                if not data:
+                    break
+                body += data
+            text = decoder.feed(bytes(body)) if decoder else bytes(body)
+            raise LLMProtocolError(f"llama-server answered HTTP {status}: {_error_message(text)}")
+        parser = SSEParser()
+        data, eof = rest, False
+        while True:
+            payload_bytes = decoder.feed(data) if decoder else data
+            payloads = parser.feed(payload_bytes)
+            ended = eof or (decoder is not None and decoder.done)
+            if ended:
+                payloads += parser.close()
+            for payload in payloads:
+                if self.aborted:
+                    return
+                content, stop = self._handle_payload(payload)
+                if content:
+                    yield content
+                if stop:
+                    return
+            if self.aborted:
+                return
+            if ended:
+                if eof and not (decoder and decoder.done):
+                    raise LLMConnectionError("llama-server closed the stream before it finished")
+                raise LLMConnectionError("llama-server ended the stream without a final event")
+            data = self._recv(sock)
+            eof = not data
+
+
+class LinesCompletionStream(CompletionStream):
+    """httpx `iter_lines()`; the seed's line-iterator reader."""
+
+    def __init__(self, client: LlamaClient, body: bytes) -> None:
+        super().__init__(client, body)
+        self._response: httpx.Response | None = None
+
+    def _hang_up(self) -> None:
+        with self._lock:
+            response = self._response
+        if response is None:
+            return
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __iter__(self) -> Iterator[str]:
+        self.stats.open_t = time.monotonic()
+        if self.aborted:
+            self.stats.cancelled = True
+            return
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        try:
+            with self.client._http.stream(
+                "POST", self.client.base_url + "/completion", content=self.body, headers=headers
+            ) as response:
+                self.stats.sent_t = self.stats.first_byte_t = time.monotonic()
+                with self._lock:
+                    self._response = response
+                if response.status_code != 200:
+                    raise LLMProtocolError(
+                        f"llama-server answered HTTP {response.status_code}: {_error_message(response.read())}"
+                    )
+                for line in response.iter_lines():
+                    if self.aborted:
+                        return
+                    payload = sse_data(line)
+                    if payload is None:
+                        continue
+                    content, stop = self._handle_payload(payload)
+                    if content:
+                        yield content
+                    if stop:
+                        return
+                if not self.aborted:
+                    raise LLMConnectionError("llama-server ended the stream without a final event")
+        except httpx.HTTPError as exc:
+            if not self.aborted:
+                raise LLMConnectionError(f"llama-server stream failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            self.stats.end_t = time.monotonic()
+            self.stats.cancelled = self.aborted
+            with self._lock:
+                self._response = None
+
+
+def _error_message(body: bytes) -> str:
+    text = decode_line(body[:MAX_ERROR_BODY_BYTES]).strip()
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return text[:200] or "(empty body)"
+    if isinstance(error, dict):
+        return str(error.get("message", error))[:200]
+    return str(error)[:200]

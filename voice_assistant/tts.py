@@ -1,0 +1,59 @@
+"""Piper text-to-speech with an explicit onnxruntime thread budget."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import SetupError
+from .models import check_piper_model
+
+log = logging.getLogger(__name__)
+
+
+class PiperSynthesizer:
+    """Synthesizes text into float32 mono audio. One caller at a time (the TTS thread)."""
+
+    def __init__(self, voice) -> None:
+        self._voice = voice
+        self.sample_rate_hz: int = voice.config.sample_rate
+
+    @classmethod
+    def load(cls, model_path: Path, threads: int = 1) -> "PiperSynthesizer":
+        """Load a Piper `.onnx` with its `.onnx.json`; SetupError if either is missing or broken."""
+        import onnxruntime
+        from piper.config import PiperConfig
+        from piper.voice import PiperVoice
+
+        model_path, config_path = check_piper_model(Path(model_path))
+        try:
+            with open(config_path, encoding="utf-8") as handle:
+                config = PiperConfig.from_dict(json.load(handle))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SetupError(f"Piper voice config {config_path} is unreadable: {exc}") from None
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            session = onnxruntime.InferenceSession(
+                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise SetupError(f"Piper voice {model_path} could not be loaded: {str(exc)[:200]}") from None
+        return cls(PiperVoice(session=session, config=config))
+
+    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        """Audio for `text`, one array per sentence Piper finds, as soon as each is ready."""
+        for chunk in self._voice.synthesize(text):
+            yield chunk.audio_float_array.astype(np.float32, copy=False)
+
+    def synthesize_all(self, text: str) -> np.ndarray:
+        parts = list(self.synthesize(text))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def warm_up(self) -> None:
+        self.synthesize_all("Hello.")
