@@ -915,9 +915,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags end in one line on stderr (not the whole usage block) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
     toggle = argparse.BooleanOptionalAction
-    p = argparse.ArgumentParser(description="Local real-time voice assistant (RealtimeSTT + llama-server + Piper).")
+    p = OneLineParser(description="Local real-time voice assistant (RealtimeSTT + llama-server + Piper).")
     p.add_argument("--llm-url", help="use this running llama-server instead of starting one")
     p.add_argument("--llm-model", help="GGUF model for the auto-started llama-server (default: bundled SmolLM2-135M)")
     p.add_argument("--llama-server", help="llama-server binary to start (default: the bundled build)")

@@ -1,0 +1,151 @@
+"""Bad input ends in one clear line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAM = ROOT / "asr_llm_tts.py"
+
+
+def run(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PROGRAM), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture()
+def speech_wav(tmp_path) -> Path:
+    path = tmp_path / "in.wav"
+    soundfile.write(str(path), np.zeros(16000, dtype=np.float32), 16000)
+    return path
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_missing_input_wav(tmp_path):
+    result = run("--input-wav", str(tmp_path / "nope.wav"), "--output-wav", str(tmp_path / "o.wav"))
+    assert_one_line_error(result, "not found", "nope.wav")
+
+
+def test_corrupt_input_wav(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage that is not a wav file")
+    result = run("--input-wav", str(bad), "--output-wav", str(tmp_path / "o.wav"))
+    assert_one_line_error(result, "bad.wav")
+
+
+def test_empty_input_wav(tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    result = run("--input-wav", str(empty), "--output-wav", str(tmp_path / "o.wav"))
+    assert_one_line_error(result, "empty.wav")
+
+
+def test_not_a_wav(tmp_path):
+    text = tmp_path / "notes.wav"
+    text.write_text("hello, I am text\n" * 100)
+    result = run("--input-wav", str(text), "--output-wav", str(tmp_path / "o.wav"))
+    assert_one_line_error(result, "notes.wav")
+
+
+def test_output_folder_missing(speech_wav, tmp_path):
+    result = run("--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "no" / "such" / "o.wav"))
+    assert_one_line_error(result, "does not exist")
+
+
+def test_input_without_output(speech_wav):
+    result = run("--input-wav", str(speech_wav))
+    assert result.returncode == 2
+    assert_one_line_error(result, "--output-wav")
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--llm-threads", "0"], "above 0"),
+        (["--llm-threads", "two"], "whole number"),
+        (["--block-ms", "25"], "invalid choice"),
+        (["--no-such-flag"], "unrecognized"),
+        (["--llm-url", "http://127.0.0.1:1", "--llm-model", "x.gguf"], "--llm-url"),
+        (["--summarize-after-turns", "20", "--history-trim-threshold", "12"], "trim"),
+    ],
+)
+def test_bad_flags(flags, needle):
+    result = run(*flags)
+    assert result.returncode == 2
+    assert_one_line_error(result, needle)
+
+
+def test_piper_model_without_json(speech_wav, tmp_path):
+    model = tmp_path / "voice.onnx"
+    model.write_bytes(b"not really onnx")
+    result = run("--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"), "--tts-model", str(model))
+    assert_one_line_error(result, "voice.onnx.json")
+
+
+def test_corrupt_piper_model(speech_wav, tmp_path):
+    from voice_assistant.models import default_tts_model
+
+    model = tmp_path / "voice.onnx"
+    model.write_bytes(b"not really onnx")
+    (tmp_path / "voice.onnx.json").write_bytes(default_tts_model().with_suffix(".onnx.json").read_bytes())
+    result = run("--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"), "--tts-model", str(model))
+    assert_one_line_error(result, "could not be loaded")
+
+
+def test_gguf_that_is_not_gguf(speech_wav, tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 this is a zip, not a model")
+    result = run("--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"), "--llm-model", str(fake))
+    assert_one_line_error(result, "not a GGUF")
+
+
+def test_unreachable_llm_url(speech_wav, tmp_path):
+    result = run("--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"), "--llm-url", closed_port_url())
+    assert_one_line_error(result, "not reachable")
+
+
+def test_missing_asr_model_dir(speech_wav, tmp_path):
+    empty = tmp_path / "asr"
+    empty.mkdir()
+    result = run("--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"), "--asr-model", str(empty))
+    assert_one_line_error(result, "model.bin")
+
+
+def test_unknown_asr_model_name(speech_wav, tmp_path):
+    result = run("--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"), "--asr-model", "large-v9")
+    assert_one_line_error(result, "not available offline")
+
+
+def test_llama_server_that_fails_to_start(speech_wav, tmp_path):
+    fake_server = tmp_path / "llama-server"
+    fake_server.write_text("#!/bin/sh\necho 'cannot load model' >&2\nexit 3\n")
+    fake_server.chmod(0o755)
+    result = run(
+        "--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"), "--llama-server", str(fake_server),
+        "--server-log", str(tmp_path / "server.log"),
+    )  # fmt: skip
+    assert_one_line_error(result, "exited with code 3")
+    assert "cannot load model" in (tmp_path / "server.log").read_text()
