@@ -25,6 +25,6 @@ def no_thread_leak():
     deadline_threads = []
     for thread in set(threading.enumerate()) - before:
         thread.join(timeout=3.0)
-        if thread.is_alive() and not thread.name.startswith(("RealtimeSTT", "asyncio", "ThreadPoolExecutor")):
+        if thread.is_alive() and not thread.name.startswith(("RealtimeSTT", "asyncio", "ThreadPoolExecutor", "tqdm_monitor")):
             deadline_threads.append(thread.name)
     assert not deadline_threads, f"test leaked threads: {deadline_threads}"

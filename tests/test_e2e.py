@@ -1,0 +1,87 @@
+"""End to end with the real parts: bundled models, a real llama-server, the real program in file mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from speech import conversation, voiced_spans
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_file_mode(tmp_path: Path, in_wav: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "out.wav"
+    result = subprocess.run(
+        [
+            sys.executable, str(ROOT / "asr_llm_tts.py"), "--input-wav", str(in_wav), "--output-wav", str(out),
+            "--metrics-json", str(tmp_path / "metrics.json"), "--transcript", str(tmp_path / "transcript.jsonl"),
+            "--server-log", str(tmp_path / "server.log"), *extra,
+        ],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    return result, json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_spoken_question_gets_spoken_answer(tmp_path):
+    in_wav, spans = conversation(
+        [0.8, "What is the capital of France?", 9.0, "Name a colour of the sky.", 9.0], tmp_path / "in.wav", 22050
+    )
+    result, metrics = run_file_mode(tmp_path, in_wav, "--max-reply-tokens", "40")
+
+    turns = metrics["turns"]
+    assert len(turns) == 2, result.stdout
+    assert "capital" in turns[0]["user"].lower()
+    assert "sky" in turns[1]["user"].lower()
+    for turn, (_, speech_end) in zip(turns, spans):
+        assert turn["assistant_heard"], turn
+        assert not turn["interrupted"]
+        assert 0 < turn["asr_ms"] < 5000
+        assert turn["llm"]["generation_phase"]["tokens"] > 0
+        assert turn["llm"]["first_token_latency_total"] is not None
+        assert 0 < turn["voice_to_voice_ms"] < 10000
+        # the reported end of speech is where the WAV's speech really ends (one VAD window of slack)
+        assert abs(turn["speech_end_s"] - speech_end) < 0.15
+
+    # Output is on the input's timeline: each answer starts after its question and where metrics say.
+    out, rate = soundfile.read(str(tmp_path / "out.wav"), dtype="float32")
+    assert rate == 22050
+    sounds = voiced_spans(out, rate)
+    assert len(sounds) >= 2, sounds
+    for turn, (_, speech_end) in zip(turns, spans):
+        starts = [start for start, _ in sounds if start > speech_end]
+        assert starts, f"no answer after {speech_end:.2f} s"
+        assert abs(starts[0] - turn["first_audio_s"]) < 0.25, (starts[0], turn["first_audio_s"])
+
+    # The answer is real speech: the real ASR understands words in it.
+    from voice_assistant.asr import WhisperTranscriber, resolve_asr_model
+    from voice_assistant.wavio import resample
+
+    first = out[int(sounds[0][0] * rate) : int((sounds[0][1] + 0.2) * rate)]
+    heard = WhisperTranscriber.load(resolve_asr_model(None), threads=1).transcribe_text(resample(first, rate, 16000))
+    assert len(heard.split()) >= 2, heard
+
+    lines = (tmp_path / "transcript.jsonl").read_text().splitlines()
+    assert [json.loads(line)["user"] for line in lines] == [t["user"] for t in turns]
+    assert (tmp_path / "transcript.jsonl").stat().st_mode & 0o077 == 0
+    assert "listening" in result.stdout
+
+
+def test_self_test_passes_with_real_components(tmp_path):
+    in_wav, _ = conversation([0.5], tmp_path / "in.wav")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--test", "--input-wav", str(in_wav)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("tts", "asr", "llm"):
+        assert any(line.startswith("PASS") and f" {name} " in line for line in result.stdout.splitlines()), result.stdout

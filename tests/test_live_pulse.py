@@ -1,0 +1,129 @@
+"""The live path through real audio devices: PortAudio -> ALSA -> PulseAudio null sinks.
+
+The fixture starts its own PulseAudio (system mode, as in shared/REFERENCE.md) with a speaker
+sink `spk` and a microphone bus `micbus`; what we play into `micbus` is what the program hears,
+and what the program plays lands in `spk`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import soundfile
+
+from speech import say, voiced_spans
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.live]
+PULSE_SOCKET = "/var/run/pulse/native"
+
+
+@pytest.fixture(scope="module")
+def pulse_env():
+    if shutil.which("pulseaudio") is None:
+        pytest.fail("pulseaudio is not installed: scripts/setup.sh installs it")
+    env = dict(os.environ, PULSE_SERVER=f"unix:{PULSE_SOCKET}")
+    started = None
+    if subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
+        started = subprocess.Popen(
+            ["pulseaudio", "--system", "--daemonize=no", "--disallow-exit", "--exit-idle-time=-1",
+             "--disable-shm=yes", "-n", "--load=module-native-protocol-unix auth-anonymous=1",
+             "--load=module-null-sink sink_name=spk", "--load=module-null-sink sink_name=micbus"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "PulseAudio did not start"
+            time.sleep(0.1)
+    sinks = subprocess.run(["pactl", "list", "short", "sinks"], env=env, capture_output=True, text=True).stdout
+    for name in ("spk", "micbus"):
+        if name not in sinks:
+            subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={name}"], env=env, check=True)
+    subprocess.run(["pactl", "set-default-sink", "spk"], env=env, check=True)
+    subprocess.run(["pactl", "set-default-source", "micbus.monitor"], env=env, check=True)
+    yield env
+    if started is not None:
+        started.terminate()
+        started.wait(timeout=5)
+
+
+class LineReader:
+    """Collects a process's stdout lines on a thread; `wait_for(text)` blocks until one contains it."""
+
+    def __init__(self, stream) -> None:
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        self._thread = threading.Thread(target=self._run, args=(stream,), name="line-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self, stream) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def wait_for(self, text: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line with {text!r} in {timeout_s} s; saw: {self.seen}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.seen.append(line.rstrip())
+            if text in line:
+                return line
+
+    def join(self) -> None:
+        self._thread.join(timeout=5)
+
+
+def test_live_conversation_through_pulseaudio(pulse_env, tmp_path):
+    question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
+    program = subprocess.Popen(
+        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--transcript", str(tmp_path / "t.jsonl"),
+         "--max-reply-tokens", "40", "--server-log", str(tmp_path / "server.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pulse_env, cwd=ROOT,
+    )  # fmt: skip
+    reader = LineReader(program.stdout)
+    recorder = None
+    try:
+        reader.wait_for("listening", 90)
+        children = psutil.Process(program.pid).children(recursive=True)
+        assert any("llama-server" in child.name() for child in children)
+        recorder = subprocess.Popen(
+            ["parecord", "--device=spk.monitor", "--file-format=wav", str(tmp_path / "spk.wav")], env=pulse_env
+        )
+        subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
+        heard = reader.wait_for("You:", 30)
+        assert "capital" in heard.lower()
+        reader.wait_for("turn 1:", 60)
+        stop_started = time.monotonic()
+        program.send_signal(signal.SIGTERM)
+        assert program.wait(timeout=5) == 0
+        assert time.monotonic() - stop_started < 3.0
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait()
+        if recorder is not None:
+            recorder.terminate()
+            recorder.wait(timeout=5)
+        reader.join()
+    assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+    audio, rate = soundfile.read(str(tmp_path / "spk.wav"), dtype="float32")
+    if audio.ndim > 1:
+        audio = audio.mean(axis=1)
+    assert voiced_spans(audio, rate), "nothing reached the speaker sink"
+    assert "capital" in (tmp_path / "t.jsonl").read_text().lower()
