@@ -24,6 +24,7 @@ import json
 import select
 import socket
 import socketserver
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,8 +106,6 @@ class _HTTPServer(ThreadingHTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
     def handle_error(self, request, client_address) -> None:  # noqa: ANN001
-        import sys
-
         self.fake.errors.append(sys.exc_info()[1])
 
 

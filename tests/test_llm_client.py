@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from typing import Iterator
 
 import pytest
@@ -16,22 +15,10 @@ from voice_assistant.llm_client import CompletionStream, LlamaClient, chatml
 JOIN_S = 5.0  # generous upper bound for things that should happen at once
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    """Fail a test that leaves a thread running (set up before, torn down after, the server)."""
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + JOIN_S
-    leaked = [t for t in threading.enumerate() if t not in before]
-    for thread in leaked:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    alive = [t.name for t in leaked if t.is_alive()]
-    assert not alive, f"test leaked threads: {alive}"
-
-
 @pytest.fixture
-def server(fake_llama_server: FakeLlamaServer) -> FakeLlamaServer:  # noqa: F811
-    return fake_llama_server
+def server(fake_llama_server: FakeLlamaServer) -> Iterator[FakeLlamaServer]:  # noqa: F811
+    yield fake_llama_server
+    assert fake_llama_server.errors == [], "an exception escaped a fake server handler"
 
 
 @pytest.fixture(params=[True, False], ids=["raw", "lines"])

@@ -1,0 +1,314 @@
+"""VoiceConversationSystem with fakes: turn flow, staleness, barge-in at every stage, history.
+
+A real socket server (FakeLlamaServer) plays llama-server; FakeSynthesizer and FakeAudioSink
+stand in for Piper and the speaker. Steps are ordered with gates and events, never sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from asr_llm_tts import LLM_ERROR_REPLY, AssistantConfig, VoiceConversationSystem
+from fake_llama_server import FakeLlamaServer, Reply
+from fakes import FakeAudioSink, FakeSynthesizer
+from voice_assistant.audio_io import AudioBlock
+from voice_assistant.history import INTERRUPTED_MARK
+from voice_assistant.llm_client import LlamaClient
+
+TIMEOUT_S = 10.0
+
+
+def wait_until(predicate, event: threading.Event | None = None, timeout_s: float = TIMEOUT_S) -> None:
+    """Wait for a condition that another thread makes true, waking on `event` when given."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        if event is not None:
+            event.wait(0.01)
+            event.clear()
+        else:
+            time.sleep(0.005)
+
+
+class Harness:
+    def __init__(self, server: FakeLlamaServer, **config) -> None:
+        config.setdefault("first_clause_min_words", 0)
+        self.server = server
+        self.sink = FakeAudioSink()
+        self.synth = FakeSynthesizer()
+        self.system = VoiceConversationSystem(
+            AssistantConfig(**config), LlamaClient(server.url, read_timeout_s=5.0), self.synth, self.sink
+        )
+        self.system.start()
+
+    def blocks_of(self, turn_id: int) -> list[AudioBlock]:
+        return [block for block in self.sink.played if block.turn_id == turn_id]
+
+    def queued_blocks(self) -> int:
+        return sum(isinstance(item, AudioBlock) for item in list(self.sink.queue._items))
+
+    def play_reply(self, turn_id: int) -> None:
+        """Play until the reply's end marker has been reached."""
+        def done():
+            self.sink.play_next()
+            return turn_id in self.sink.ends
+
+        wait_until(done, self.sink.item_arrived)
+
+    def wait_idle(self) -> None:
+        wait_until(self.system.is_idle)
+
+    def close(self) -> None:
+        self.system.close()
+
+
+@pytest.fixture()
+def server():
+    with FakeLlamaServer() as fake:
+        yield fake
+
+
+@pytest.fixture()
+def harness(server):
+    h = Harness(server)
+    yield h
+    h.close()
+
+
+def test_turn_is_spoken_and_recorded(harness, server):
+    server.script(Reply(pieces=["Paris is the capital", ". It is in France", ". Bye."]))
+    turn = harness.system.submit_user_text("What is the capital of France?")
+    harness.play_reply(turn)
+    harness.wait_idle()
+
+    assert harness.synth.spoken == ["Paris is the capital.", "It is in France.", "Bye."]
+    played_sentences = sorted({block.sentence_index for block in harness.blocks_of(turn)})
+    assert played_sentences == [0, 1, 2]
+    exchange = harness.system.history.exchanges()[-1]
+    assert exchange.user == "What is the capital of France?"
+    assert exchange.assistant == "Paris is the capital. It is in France. Bye."
+    assert not exchange.interrupted
+    body = server.completion_bodies[-1]
+    assert body["stream"] is True and body["cache_prompt"] is True and body["id_slot"] == 0
+    assert "What is the capital of France?" in body["prompt"]
+    assert "mirostat" not in body and "typical_p" not in body  # low_latency_mode strips them
+    metrics = harness.system.turn_metrics[-1]
+    assert metrics["llm"]["generation_phase"]["tokens"] == 3
+    assert metrics["voice_to_voice_ms"] is not None and metrics["tts_first_chunk_ms"] is not None
+
+
+def test_history_feeds_the_next_prompt_with_a_stable_prefix(harness, server):
+    server.script(Reply(pieces=["First answer."]), Reply(pieces=["Second answer."]))
+    harness.play_reply(harness.system.submit_user_text("one"))
+    harness.wait_idle()
+    harness.play_reply(harness.system.submit_user_text("two"))
+    first, second = server.completion_bodies[-2]["prompt"], server.completion_bodies[-1]["prompt"]
+    assert second.startswith(first)  # the prompt cache can reuse the whole previous prompt
+    assert "First answer." in second and second.rstrip().endswith("assistant")
+
+
+def test_low_latency_off_keeps_seed_sampling(server):
+    h = Harness(server, low_latency_mode=False)
+    try:
+        h.play_reply(h.system.submit_user_text("hi"))
+        body = server.completion_bodies[-1]
+        assert body["mirostat"] == 0 and body["typical_p"] == 1.0
+    finally:
+        h.close()
+
+
+def test_reasoning_is_never_spoken(harness, server):
+    server.script(Reply(pieces=["<thi", "nk>secret plan. more", " secret.</th", "ink>Visible answer."]))
+    harness.play_reply(harness.system.submit_user_text("think first"))
+    assert harness.synth.spoken == ["Visible answer."]
+
+
+def test_llm_error_is_spoken_as_apology_and_next_turn_works(harness, server):
+    server.script(Reply(status=500, error_message="model crashed"), Reply(pieces=["Working again."]))
+    turn = harness.system.submit_user_text("hello?")
+    harness.play_reply(turn)
+    assert harness.synth.spoken == [LLM_ERROR_REPLY]
+    harness.wait_idle()
+    harness.play_reply(harness.system.submit_user_text("and now?"))
+    assert harness.synth.spoken[-1] == "Working again."
+
+
+def test_interrupt_during_prefill(harness, server):
+    gate = threading.Event()
+    server.script(Reply(pieces=["Never heard."], headers_gate=gate))
+    turn = harness.system.submit_user_text("question")
+    assert server.wait_until_blocked(gate)
+    assert harness.system.interrupt()
+    assert server.wait_for_hangup()
+    gate.set()
+    harness.wait_idle()
+    harness.sink.play_all()
+    assert harness.blocks_of(turn) == [] and harness.synth.spoken == []
+    exchange = harness.system.history.exchanges()[-1]
+    assert exchange.interrupted and exchange.assistant == ""
+
+
+def test_interrupt_during_token_streaming(harness, server):
+    gate = threading.Event()
+    server.script(Reply(pieces=["First sentence. ", "Second sentence. ", "Third."], gates={1: gate}))
+    turn = harness.system.submit_user_text("question")
+    assert server.wait_until_blocked(gate)
+    wait_until(lambda: harness.queued_blocks() > 0, harness.sink.item_arrived)
+    harness.sink.play_next()
+    harness.sink.play_next()
+    assert harness.system.interrupt()
+    assert server.wait_for_hangup()
+    gate.set()
+    harness.wait_idle()
+    played_before = len(harness.blocks_of(turn))
+    harness.sink.play_all()
+    assert len(harness.blocks_of(turn)) == played_before == 2
+    assert "Second sentence." not in harness.synth.spoken
+    exchange = harness.system.history.exchanges()[-1]
+    assert exchange.interrupted
+    assert exchange.assistant == ""  # 2 of 8 blocks of "First sentence." is under one word
+    assert INTERRUPTED_MARK.strip() in harness.system.history.messages("sys")[-1]["content"]
+
+
+def test_interrupt_during_synthesis(harness, server):
+    harness.synth.gates["Being synthesized."] = gate = threading.Event()
+    harness.synth.started["Being synthesized."] = started = threading.Event()
+    server.script(Reply(pieces=["Being synthesized.", " Next one."]))
+    turn = harness.system.submit_user_text("question")
+    assert started.wait(TIMEOUT_S)
+    assert harness.system.interrupt()
+    gate.set()
+    harness.wait_idle()
+    harness.sink.play_all()
+    assert harness.blocks_of(turn) == []
+    assert "Next one." not in harness.synth.spoken
+
+
+def test_interrupt_during_playback_keeps_heard_words(harness, server):
+    server.script(Reply(pieces=["one two three four five six seven eight nine ten.", " Unheard sentence."]))
+    turn = harness.system.submit_user_text("count")
+    wait_until(lambda: harness.queued_blocks() >= 26, harness.sink.item_arrived)  # all of sentence 0
+    for _ in range(13):  # half of sentence 0's 25 blocks
+        harness.sink.play_next()
+    assert harness.system.interrupt()
+    harness.wait_idle()
+    harness.sink.play_all()
+    assert len(harness.blocks_of(turn)) == 13
+    exchange = harness.system.history.exchanges()[-1]
+    assert exchange.interrupted
+    assert exchange.assistant == "one two three four five"  # 13/25 of ten words, rounded down
+
+
+def test_interrupt_exactly_at_sentence_boundary(harness, server):
+    server.script(Reply(pieces=["Short one.", " Second sentence here."]))
+    turn = harness.system.submit_user_text("go")
+    wait_until(lambda: harness.queued_blocks() >= 16, harness.sink.item_arrived)
+    for _ in range(5):  # "Short one." is 100 samples: exactly 5 blocks
+        harness.sink.play_next()
+    assert {b.sentence_index for b in harness.blocks_of(turn)} == {0}
+    assert harness.system.interrupt()
+    harness.wait_idle()
+    harness.sink.play_all()
+    assert {b.sentence_index for b in harness.blocks_of(turn)} == {0}
+    assert harness.system.history.exchanges()[-1].assistant == "Short one."
+
+
+def test_two_interruptions_in_a_row_then_a_full_answer(harness, server):
+    gate1, gate2 = threading.Event(), threading.Event()
+    server.script(
+        Reply(pieces=["Old one.", " more"], gates={1: gate1}),
+        Reply(pieces=["Old two.", " more"], gates={1: gate2}),
+        Reply(pieces=["Fresh answer."]),
+    )
+    t1 = harness.system.submit_user_text("first")
+    assert server.wait_until_blocked(gate1)
+    t2 = harness.system.submit_user_text("second")  # cuts turn 1 off
+    assert server.wait_until_blocked(gate2)
+    t3 = harness.system.submit_user_text("third")  # cuts turn 2 off
+    gate1.set()
+    gate2.set()
+    harness.play_reply(t3)
+    assert harness.blocks_of(t1) == [] and harness.blocks_of(t2) == []
+    assert {b.turn_id for b in harness.sink.played} == {t3}
+    assert server.hangups >= 2
+    users = [(e.user, e.interrupted) for e in harness.system.history.exchanges()]
+    assert users[:2] == [("first", True), ("second", True)]
+
+
+def test_false_interruption_resumes_the_reply(harness, server):
+    server.script(Reply(pieces=["Sentence one is here.", " Sentence two is here.", " Three."]))
+    turn = harness.system.submit_user_text("tell me")
+    wait_until(lambda: harness.queued_blocks() >= 20, harness.sink.item_arrived)
+    for _ in range(11):  # all of sentence 0 (21 chars -> 11 blocks)
+        harness.sink.play_next()
+    assert harness.system.interrupt()
+    harness.system.on_final_text("", 0.0, 0.0)  # the noise had no words
+    resumed = harness.system.turns.current()
+    assert resumed != turn
+    harness.play_reply(resumed)
+    resumed_sentences = [b.sentence_index for b in harness.blocks_of(resumed)]
+    assert resumed_sentences and min(resumed_sentences) == 1  # from the next unplayed sentence
+    harness.wait_idle()
+    exchanges = harness.system.history.exchanges()
+    assert len(exchanges) == 1
+    assert not exchanges[0].interrupted
+    assert exchanges[0].assistant.startswith("Sentence one is here. Sentence two is here.")
+
+
+class FakeVAD:
+    """Speech when the chunk is loud: lets tests script speech with plain arrays."""
+
+    def probability(self, chunk: np.ndarray) -> float:
+        return 1.0 if float(np.abs(chunk).mean()) > 0.1 else 0.0
+
+
+def feed(system, loud_chunks: int, t: float) -> float:
+    for _ in range(loud_chunks):
+        t += 0.032
+        system.on_audio(np.full(512, 0.5, dtype=np.float32), t)
+    for _ in range(5):
+        t += 0.032
+        system.on_audio(np.zeros(512, dtype=np.float32), t)
+    return t
+
+
+def test_short_sounds_do_not_barge_in_but_speech_does(server):
+    h = Harness(server, barge_in_min_speech_ms=250)
+    h.system.vad = FakeVAD()
+    try:
+        gate = threading.Event()
+        server.script(Reply(pieces=["Talking.", " more"], gates={1: gate}))
+        turn = h.system.submit_user_text("hi")
+        assert server.wait_until_blocked(gate)
+        t = feed(h.system, 4, 1000.0)  # 128 ms: a cough
+        assert h.system.turns.is_current(turn) and not h.system.barge_ins
+        feed(h.system, 9, t)  # 288 ms of speech
+        assert not h.system.turns.is_current(turn)
+        record = h.system.barge_ins[-1]
+        assert record["turn"] == turn and 250 <= record["barge_in_detect_ms"] < 300
+        assert server.wait_for_hangup()
+        gate.set()
+    finally:
+        h.close()
+
+
+def test_history_is_summarized_in_the_background(server):
+    h = Harness(server, summarize_after_turns=2, keep_recent_turns=1, history_trim_threshold=12)
+    try:
+        for i in range(3):
+            server.script(Reply(pieces=[f"Answer {i}."]))
+        server.script(Reply(pieces=["They talked about numbers."]))  # the summary
+        for i in range(3):
+            h.play_reply(h.system.submit_user_text(f"question {i}"))
+            h.wait_idle()
+        wait_until(lambda: h.system.history.summary != "")
+        assert h.system.history.summary == "They talked about numbers."
+        assert [e.user for e in h.system.history.exchanges()] == ["question 2"]
+        assert server.completion_bodies[-1]["id_slot"] == 1
+        assert "Summary of the earlier conversation" in h.system.history.messages("sys")[0]["content"]
+    finally:
+        h.close()
