@@ -263,14 +263,7 @@ def test_abort_before_iteration_sends_nothing(server: FakeLlamaServer, client: L
     "raw",
     [
         True,
-        pytest.param(
-            False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: LinesCompletionStream.abort() before the response headers arrive is lost: "
-                "_hang_up() finds self._response still None, so the blocked read waits for the server",
-            ),
-        ),
+        False,
     ],
     ids=["raw", "lines"],
 )

@@ -153,12 +153,6 @@ def test_many_short_lines_do_not_count_as_one_long_line() -> None:
     assert parser.feed(data) == ["0123456789"] * 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): the max_line_bytes check only looks at the unterminated tail, so a line "
-    "over the limit that arrives complete in one feed is accepted; whether it raises depends on how "
-    "the reads happen to split",
-)
 def test_oversized_line_raises_however_it_is_split() -> None:
     with pytest.raises(LLMProtocolError):
         SSEParser(max_line_bytes=64).feed(b"data: " + b"x" * 100 + b"\n")
@@ -232,12 +226,6 @@ def test_malformed_chunked_raises(body: bytes) -> None:
         b"1_0\r\nabcdefghijklmnop\r\n0\r\n\r\n",
     ],
     ids=["negative", "plus-sign", "0x-prefix", "underscore"],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ChunkedDecoder parses chunk sizes with int(text, 16), which accepts a sign, a 0x "
-    "prefix and underscores; RFC 9112 allows only hex digits. A negative size silently returns "
-    "the chunk framing as payload",
 )
 def test_chunk_size_must_be_hex_digits(body: bytes) -> None:
     with pytest.raises(LLMProtocolError, match="malformed chunked"):

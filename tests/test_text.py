@@ -204,22 +204,11 @@ def test_chunker_split_at_every_offset_same_as_one_feed(first: int) -> None:
     assert chunk(list(text), first_clause_min_words=first) == whole
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): with a sentence longer than max_chars, one feed emits it whole (the sentence "
-    "end is found first) while token-sized feeds cut it at a space near max_chars: the chunks depend "
-    "on how the text was split",
-)
 def test_chunker_long_sentence_same_however_fed() -> None:
     text = "one two three four five six seven. eight"
     assert chunk([text], max_chars=20) == chunk(list(text), max_chars=20)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): the max_chars cut looks only for ' ', so words separated by tabs or other "
-    "whitespace (e.g. NBSP) are cut in the middle",
-)
 def test_chunker_max_chars_never_cuts_words_separated_by_tabs() -> None:
     text = "\t".join(["word"] * 10)
     assert " ".join(chunk([text], max_chars=22)).split() == text.split()
@@ -258,11 +247,6 @@ def test_clean_for_speech_nothing_speakable(text: str) -> None:
     assert clean_for_speech(text) == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): markdown inside a link label survives, because the label replaces the link "
-    "and is not cleaned again: '[**bold** link](u)' gives '**bold** link'",
-)
 def test_clean_for_speech_markdown_inside_link_label() -> None:
     assert clean_for_speech("[**bold** link](https://example.com)") == "bold link"
 

@@ -228,7 +228,10 @@ class RawCompletionStream(CompletionStream):
         if self.aborted:
             self.stats.cancelled = True
             return
-        sock = self._connect()
+        try:
+            sock = self._connect()
+        finally:
+            self.stats.end_t = time.monotonic()
         with self._lock:
             self._sock = sock
         try:
@@ -317,14 +320,19 @@ class LinesCompletionStream(CompletionStream):
 
     def __init__(self, client: LlamaClient, body: bytes) -> None:
         super().__init__(client, body)
-        self._response: httpx.Response | None = None
+        self._network_stream = None
+
+    def _trace(self, event: str, info: dict) -> None:
+        """httpcore trace hook: keep the connection as soon as it exists, so abort() can reach it."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            with self._lock:
+                self._network_stream = info.get("return_value")
+            if self.aborted:
+                self._hang_up()
 
     def _hang_up(self) -> None:
         with self._lock:
-            response = self._response
-        if response is None:
-            return
-        stream = response.extensions.get("network_stream")
+            stream = self._network_stream
         sock = stream.get_extra_info("socket") if stream is not None else None
         if sock is not None:
             try:
@@ -337,19 +345,21 @@ class LinesCompletionStream(CompletionStream):
         if self.aborted:
             self.stats.cancelled = True
             return
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        # A fresh connection per stream ("close"), so the trace hook always sees it being made.
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream", "Connection": "close"}
         try:
             with self.client._http.stream(
-                "POST", self.client.base_url + "/completion", content=self.body, headers=headers
+                "POST", self.client.base_url + "/completion", content=self.body, headers=headers,
+                extensions={"trace": self._trace},
             ) as response:
-                self.stats.sent_t = self.stats.first_byte_t = time.monotonic()
-                with self._lock:
-                    self._response = response
+                self.stats.sent_t = time.monotonic()
                 if response.status_code != 200:
                     raise LLMProtocolError(
                         f"llama-server answered HTTP {response.status_code}: {_error_message(response.read())}"
                     )
                 for line in response.iter_lines():
+                    if not self.stats.first_byte_t:
+                        self.stats.first_byte_t = time.monotonic()
                     if self.aborted:
                         return
                     payload = sse_data(line)
@@ -369,7 +379,7 @@ class LinesCompletionStream(CompletionStream):
             self.stats.end_t = time.monotonic()
             self.stats.cancelled = self.aborted
             with self._lock:
-                self._response = None
+                self._network_stream = None
 
 
 def _error_message(body: bytes) -> str:

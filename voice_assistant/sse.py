@@ -7,7 +7,11 @@ even inside a multi-byte UTF-8 character: lines are decoded only once they are c
 
 from __future__ import annotations
 
+import re
+
 from .errors import LLMProtocolError
+
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 MAX_LINE_BYTES = 1 << 20
 """An SSE line longer than this (1 MiB) is a broken or hostile server; we stop rather than grow."""
@@ -44,6 +48,8 @@ class SSEParser:
             end = self._buffer.find(b"\n")
             if end < 0:
                 break
+            if end > self._max_line_bytes:
+                raise LLMProtocolError(f"server sent an SSE line longer than {self._max_line_bytes} bytes")
             raw = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
             self.lines_seen += 1
@@ -102,10 +108,9 @@ class ChunkedDecoder:
                 break
             size_text = bytes(self._buffer[:end]).split(b";", 1)[0].strip()
             del self._buffer[: end + 2]
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise LLMProtocolError(f"malformed chunked encoding: bad chunk size {size_text[:20]!r}") from None
+            if not _HEX.fullmatch(size_text):
+                raise LLMProtocolError(f"malformed chunked encoding: bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 self.done = True
             else:

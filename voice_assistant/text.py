@@ -10,7 +10,7 @@ import re
 import unicodedata
 
 ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m no fig approx dept est inc ltd co".split()
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m fig approx dept est inc ltd co".split()
 )
 SENTENCE_END = ".!?…"
 CLAUSE_END = ",;:—"
@@ -103,6 +103,8 @@ class SentenceChunker:
         text = self._buffer
         allow_clause = self._emitted == 0 and self.first_clause_min_words > 0
         for i, ch in enumerate(text):
+            if i >= self.max_chars:
+                break  # no boundary early enough: cut at a space below
             if ch == "\n":
                 if text[:i].strip():
                     return i + 1
@@ -124,8 +126,8 @@ class SentenceChunker:
                 continue
             return j
         if len(text) > self.max_chars:
-            space = text.rfind(" ", 0, self.max_chars)
-            return space + 1 if space > 0 else self.max_chars
+            spaces = [m.end() for m in _WHITESPACE.finditer(text, 0, self.max_chars) if m.start() > 0]
+            return spaces[-1] if spaces else self.max_chars
         return None
 
 
@@ -137,6 +139,7 @@ def _is_abbreviation(text_with_dot: str) -> bool:
     return word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
 
 
+_WHITESPACE = re.compile(r"\s+")
 _MARKDOWN = re.compile(r"[*_#`~|>]+|\[(?P<label>[^\]]*)\]\([^)]*\)")
 _SPACES = re.compile(r"\s+")
 
@@ -144,6 +147,7 @@ _SPACES = re.compile(r"\s+")
 def clean_for_speech(text: str) -> str:
     """Text the synthesizer should say: no markdown, emoji or symbols; '' if nothing is speakable."""
     text = _MARKDOWN.sub(lambda m: m.group("label") or " ", text)
+    text = _MARKDOWN.sub(lambda m: m.group("label") or " ", text)  # markdown inside link labels
     kept = []
     for ch in text:
         category = unicodedata.category(ch)
