@@ -341,6 +341,7 @@ class VoiceConversationSystem:
             "decision_t_s": round(decision_t - self.t0, 3),
         }
         self.barge_ins.append(record)
+        self.metrics.add_barge_in(record)
         log.info("barge-in: turn %d stopped (detect %s ms, stop %s ms)", turn.turn_id,
                  record["barge_in_detect_ms"], record["barge_in_stop_ms"])  # fmt: skip
         return True

@@ -59,20 +59,29 @@ def format_turn(metrics: dict) -> str:
 
 
 class MetricsFile:
-    """All turns' metrics as one JSON document, rewritten atomically after each turn."""
+    """Every turn's and every barge-in's metrics as one JSON document, rewritten atomically on change."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = Path(path) if path else None
         self.turns: list[dict] = []
+        self.barge_ins: list[dict] = []
         self._lock = threading.Lock()
 
     def add(self, metrics: dict) -> None:
         with self._lock:
             self.turns.append(metrics)
-            if self.path is not None:
-                tmp = self.path.with_name(self.path.name + ".tmp")
-                tmp.write_text(json.dumps({"turns": self.turns}, indent=1))
-                os.replace(tmp, self.path)
+            self._write()
+
+    def add_barge_in(self, record: dict) -> None:
+        with self._lock:
+            self.barge_ins.append(record)
+            self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps({"turns": self.turns, "barge_ins": self.barge_ins}, indent=1))
+            os.replace(tmp, self.path)
 
 
 class TranscriptFile:
