@@ -73,7 +73,7 @@ class AssistantConfig:
     history_trim_threshold: int = 12  # never keep more exchanges than this
     keep_recent_turns: int = 4  # exchanges left verbatim after a summary
     barge_in_enabled: bool = True  # user speech interrupts the assistant
-    barge_in_min_speech_ms: int = 250  # speech shorter than this (coughs, clicks) does not interrupt
+    barge_in_min_speech_ms: int = 200  # speech shorter than this (coughs, clicks) does not interrupt
     resume_after_false_interruption: bool = True  # resume a reply cut off by sound without words
     vad_threshold: float = 0.5  # Silero speech probability that counts as speech
     first_clause_min_words: int = 4  # first TTS chunk may end at a comma after this many words (0: off)
@@ -959,7 +959,7 @@ def parse_args(argv=None):
     p.add_argument("--summarize-after-turns", type=positive_int, default=10, help="summarize beyond this many turns")
     p.add_argument("--history-trim-threshold", type=positive_int, default=12, help="most turns kept verbatim")
     p.add_argument("--barge-in", action=toggle, default=True, help="let user speech interrupt the assistant")
-    p.add_argument("--barge-in-min-speech-ms", type=positive_int, default=250, help="speech needed to interrupt")
+    p.add_argument("--barge-in-min-speech-ms", type=positive_int, default=200, help="speech needed to interrupt")
     p.add_argument("--resume-after-false-interruption", action=toggle, default=True,
                    help="resume a reply interrupted by a sound without words")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -42,7 +42,10 @@ TOPICS = [
     "old libraries", "lighthouses", "comets", "gardens", "submarines", "windmills", "glaciers",
     "owls", "bridges", "the stars", "islands",
 ]  # fmt: skip
-SYSTEM_PROMPT = "You are a storyteller. Always answer with a long story of at least eight sentences."
+SYSTEM_PROMPT = (
+    "You are a storyteller. Whatever the user asks, answer with a long, detailed story of at least ten "
+    "sentences. Never answer briefly."
+)
 
 
 def build_input(count: int, gap_s: float, work: Path):
@@ -92,8 +95,8 @@ def percentile(values, q):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--interruptions", type=int, default=22)
-    parser.add_argument("--gap-s", type=float, default=3.2, help="question end to next question start")
+    parser.add_argument("--interruptions", type=int, default=30)
+    parser.add_argument("--gap-s", type=float, default=3.0, help="question end to next question start")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "barge_in")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -121,12 +124,15 @@ def main() -> int:
     rows, missed, stale, not_speaking = [], 0, 0, 0
     for index in range(1, len(spans)):
         onset, end = spans[index]
-        if not sounding(out, rate, onset - 0.6, onset):
-            not_speaking += 1  # the previous answer had not started or had ended: no barge-in to make
-            continue
         window_end = end + 0.3  # the new answer cannot start before the user stops speaking
         stop = last_sound(out, rate, onset, window_end) or onset
         decision = next((d for d in decisions if onset <= d <= window_end), None)
+        # An opportunity: an answer was sounding at the onset and had not simply finished by itself.
+        previous = [t for t in metrics["turns"] if t["first_audio_s"] and t["first_audio_s"] < onset]
+        finished_alone = bool(previous) and previous[-1]["end_reason"] == "finished" and decision is None
+        if not sounding(out, rate, onset - 0.6, onset) or (finished_alone and stop - onset < 1.0):
+            not_speaking += 1
+            continue
         if decision is None or stop - onset > 1.0:
             missed += 1
         elif stop > decision + 0.1:

@@ -85,3 +85,38 @@ def test_self_test_passes_with_real_components(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("tts", "asr", "llm"):
         assert any(line.startswith("PASS") and f" {name} " in line for line in result.stdout.splitlines()), result.stdout
+
+
+def test_user_talks_over_the_answer(tmp_path):
+    in_wav, spans = conversation(
+        [0.8, "Tell me a long story about a dragon.", 3.2, "Stop. What is two plus two?", 8.0], tmp_path / "in.wav"
+    )
+    result, metrics = run_file_mode(
+        tmp_path, in_wav, "--max-reply-tokens", "120",
+        "--system-prompt", "You are a storyteller. Always answer with a long story of at least ten sentences.",
+    )  # fmt: skip
+    (_, question_end), (onset, interruption_end) = spans
+    turns = metrics["turns"]
+    assert len(turns) == 2, result.stdout
+    first, second = turns
+    assert first["interrupted"] and first["end_reason"] == "barge-in"
+    assert "two" in second["user"].lower() or "2" in second["user"]
+    assert not second["interrupted"] and second["assistant_heard"]
+
+    barge = metrics["barge_ins"][0]
+    assert barge["turn"] == first["turn"]
+    assert onset < barge["decision_t_s"] < onset + 0.6
+    assert barge["barge_in_stop_ms"] <= 40
+    # history keeps only what was heard: a non-empty prefix of the reply, not all of it
+    assert 0 < barge["words_kept"] == len(first["assistant_heard"].split())
+
+    out, rate = soundfile.read(str(tmp_path / "out.wav"), dtype="float32")
+    sounds = voiced_spans(out, rate, gap_s=0.3)
+    playing = [s for s in sounds if s[0] < onset < s[1] + 0.3]
+    assert playing, "the answer was not playing when the user cut in"
+    # the old answer is silent within 40 ms of the decision, and nothing sounds until the new answer
+    after = out[int((barge["decision_t_s"] + 0.04) * rate) : int((interruption_end + 0.2) * rate)]
+    assert float(np.abs(after).max(initial=0.0)) < 0.01
+    assert any(start > interruption_end for start, _ in sounds), "no answer to the interruption"
+    lines = [json.loads(line) for line in (tmp_path / "transcript.jsonl").read_text().splitlines()]
+    assert lines[0]["interrupted"] is True and lines[1]["interrupted"] is False

@@ -32,6 +32,7 @@ import numpy as np
 
 from .encoder import EMBEDDING_SIZE
 from .errors import (
+    EnrollmentError,
     EnrollmentExistsError,
     EnrollmentFormatError,
     EnrollmentNotFoundError,
@@ -95,7 +96,8 @@ def to_json(enrollment: Enrollment) -> dict:
         "version": FORMAT_VERSION,
         "name": enrollment.name,
         "model_id": enrollment.model_id,
-        "embedding": [float(x) for x in np.asarray(enrollment.embedding, dtype=np.float32)],
+        # str() of a float32 is its shortest decimal form that reads back to the same float32
+        "embedding": [float(str(x)) for x in np.asarray(enrollment.embedding, dtype=np.float32)],
         "clip_count": int(enrollment.clip_count),
         "audio_s": round(float(enrollment.audio_s), 3),
         "created_utc": enrollment.created_utc.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -158,9 +160,12 @@ class EnrollmentStore:
         path = self.path_for(enrollment.name)
         if path.exists() and not overwrite:
             raise EnrollmentExistsError(f"speaker {enrollment.name!r} is already enrolled: delete it or replace it (--force)")
-        self._make_root()
         text = json.dumps(to_json(enrollment), indent=1) + "\n"
-        descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=self.root)
+        try:
+            self._make_root()
+            descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=self.root)
+        except OSError as exc:
+            raise EnrollmentError(f"cannot create enrollment directory {self.root}: {exc.strerror or exc}") from None
         try:
             os.fchmod(descriptor, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -168,8 +173,10 @@ class EnrollmentStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
-        except BaseException:
+        except BaseException as exc:
             Path(temporary).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise EnrollmentError(f"cannot write enrollment file {path}: {exc.strerror or exc}") from None
             raise
         return path
 
@@ -195,12 +202,11 @@ class EnrollmentStore:
         """Sorted names of the stored enrollments (files whose names are valid speaker names)."""
         if not self.root.is_dir():
             return []
-        found = []
-        for path in self.root.glob("*" + _SUFFIX):
-            stem = path.name[: -len(_SUFFIX)]
-            if _NAME_PATTERN.fullmatch(stem) and path.is_file():
-                found.append(stem)
-        return sorted(found)
+        try:
+            stems = [path.name[: -len(_SUFFIX)] for path in self.root.glob("*" + _SUFFIX) if path.is_file()]
+        except OSError as exc:
+            raise EnrollmentError(f"cannot list enrollment directory {self.root}: {exc.strerror or exc}") from None
+        return sorted(stem for stem in stems if _NAME_PATTERN.fullmatch(stem))
 
     def delete(self, name: str) -> None:
         """Remove the enrollment of `name`; EnrollmentNotFoundError if there is none."""
@@ -209,6 +215,8 @@ class EnrollmentStore:
             path.unlink()
         except FileNotFoundError:
             raise EnrollmentNotFoundError(f"no enrollment named {name!r} in {self.root}") from None
+        except OSError as exc:
+            raise EnrollmentError(f"cannot delete enrollment file {path}: {exc.strerror or exc}") from None
 
     def _make_root(self) -> None:
         created = not self.root.exists()

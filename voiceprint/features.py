@@ -37,17 +37,17 @@ _INT16_MAX = 32767
 
 
 def as_mono_float(audio: np.ndarray) -> np.ndarray:
-    """1-D float32 samples in [-1, 1] from float or int16 input (2-D input is averaged over its last axis)."""
+    """1-D float32 samples in [-1, 1] from float or int16 input; (frames, channels) input is mixed down."""
     samples = np.asarray(audio)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1) if samples.shape[1] <= 8 else samples.mean(axis=0)
-    if samples.ndim != 1:
-        raise AudioError(f"audio must be a 1-D array of samples, got shape {samples.shape}")
     if samples.dtype == np.int16:
         samples = samples.astype(np.float32) / 32768.0
     elif not np.issubdtype(samples.dtype, np.floating):
         raise AudioError(f"audio must be float or int16 samples, got {samples.dtype}")
     samples = samples.astype(np.float32, copy=False)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1, dtype=np.float32)
+    if samples.ndim != 1:
+        raise AudioError(f"audio must be 1-D samples or (frames, channels), got shape {samples.shape}")
     if not np.all(np.isfinite(samples)):
         raise AudioError("audio contains NaN or infinite samples")
     return samples

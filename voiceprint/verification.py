@@ -13,7 +13,7 @@ from .encoder import SpeakerEncoder, load_encoder
 from .enrollment import Enrollment, cosine, validate_name
 from .errors import AudioError, EnrollmentFormatError
 
-DEFAULT_THRESHOLD = 0.75
+DEFAULT_THRESHOLD = 0.72
 """Cosine score at or above which `verify` accepts. Set from the equal-error-rate threshold that
 scripts/calibrate_voiceprint.py measured on real recorded speech (see docs/voiceprint.md)."""
 
