@@ -39,6 +39,7 @@ from voice_assistant.audio_io import (
     EndOfReply,
     split_blocks,
 )
+from voice_assistant.endpointing import Endpoint, PauseSnapshot, SpeechLong, SpeechStart, UtteranceTracker
 from voice_assistant.errors import LLMError, SetupError, VoiceAssistantError
 from voice_assistant.history import Exchange, History, summary_prompt_messages
 from voice_assistant.llm_client import CompletionStream, LlamaClient
@@ -76,6 +77,9 @@ class AssistantConfig:
     barge_in_min_speech_ms: int = 200  # speech shorter than this (coughs, clicks) does not interrupt
     resume_after_false_interruption: bool = True  # resume a reply cut off by sound without words
     vad_threshold: float = 0.5  # Silero speech probability that counts as speech
+    end_of_speech_silence_ms: int = 450  # silence after speech that ends the user's turn
+    speculate_after_ms: int = 96  # transcribe and start answering after this much silence (0: off)
+    min_utterance_ms: int = 250  # less speech than this is not transcribed speculatively
     first_clause_min_words: int = 4  # first TTS chunk may end at a comma after this many words (0: off)
     block_ms: int = 20  # playback block length
 
@@ -101,6 +105,9 @@ class ActiveTurn:
     playback_done: bool = False
     committed: bool = False
     resumed_from: int = 0  # turn id this reply continues after a false interruption
+    speculative: bool = False  # transcribed and started during the end-of-turn silence
+    tentative: bool = False  # started on a pause before the end of turn: audio is held, not played
+    held: list = field(default_factory=list)  # audio items of a tentative turn, played on promotion
     prompt: str = ""
     llm: dict = field(default_factory=dict)
 
@@ -138,6 +145,7 @@ class VoiceConversationSystem:
         transcript: TranscriptFile | None = None,
         metrics: MetricsFile | None = None,
         server=None,
+        transcriber=None,
     ) -> None:
         self.config = config
         self.client = client
@@ -149,6 +157,7 @@ class VoiceConversationSystem:
         self.transcript = transcript or TranscriptFile(None)
         self.metrics = metrics or MetricsFile(None)
         self.server = server
+        self.transcriber = transcriber  # for speculative transcription; None turns it off
         self.turns = TurnCounter()
         self.history = History(config.history_trim_threshold)
         self.sink.listener = self._on_play
@@ -168,10 +177,21 @@ class VoiceConversationSystem:
         # audio-in thread state
         self._asr_paused = threading.Event()
         self._held_audio: list[np.ndarray] = []
-        self._speech_run_start_t = 0.0  # onset of the current speech run, 0 when silent
-        self._last_speech_end_t = 0.0
-        self._silent_chunks = 0
-        self._barge_in_run_t = 0.0  # onset of the run that already triggered a barge-in
+        self.tracker = UtteranceTracker(
+            min_speech_ms=config.barge_in_min_speech_ms,
+            speculate_after_ms=config.speculate_after_ms if transcriber is not None else 0,
+            end_of_speech_ms=config.end_of_speech_silence_ms,
+            min_utterance_ms=config.min_utterance_ms,
+        )
+
+        # speculative transcription (spec-asr thread) and end of turn
+        self._spec_queue: queue.Queue = queue.Queue()
+        self._spec_cache: tuple[float, str] | None = None  # (speech_end_t, text) of the latest utterance
+        self._spec_done = threading.Condition(self._lock)
+        self._spec_inflight_for = 0.0
+        self._endpoint_for = 0.0  # speech_end_t of the last utterance whose turn is over
+        self._no_words_for = 0.0  # utterance transcribed as empty, waiting for its endpoint
+        self._final_from_cache = False
 
         # asr state (RealtimeSTT callbacks)
         self._recording = False
@@ -191,6 +211,8 @@ class VoiceConversationSystem:
         workers = [("llm", self._run_llm), ("tts", self._run_tts), ("control", self._run_control)]
         if self.recognizer is not None:
             workers.append(("asr", self._run_asr))
+        if self.transcriber is not None:
+            workers.append(("spec-asr", self._run_spec_asr))
         for name, target in workers:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -213,7 +235,7 @@ class VoiceConversationSystem:
             self.turns.advance()
         if active is not None:
             self._stop_turn(active, reason="shutdown")
-        for q in (self._llm_queue, self._tts_queue, self._control_queue):
+        for q in (self._llm_queue, self._tts_queue, self._control_queue, self._spec_queue):
             q.put(STOP)
         if self.recognizer is not None:
             stopper = threading.Thread(target=self.recognizer.shutdown, name="asr-shutdown", daemon=True)
@@ -236,6 +258,8 @@ class VoiceConversationSystem:
             active = self._active
         return (
             active is None
+            and not self.tracker.in_utterance
+            and self._spec_queue.empty()
             and not self._recording
             and not transcribing
             and self._llm_queue.empty()
@@ -268,7 +292,9 @@ class VoiceConversationSystem:
     def on_audio(self, chunk: np.ndarray, end_t: float) -> None:
         """Audio-in thread: 32 ms of 16 kHz float32 audio captured until `end_t`."""
         if self.vad is not None:
-            self._track_speech(self.vad.probability(chunk) >= self.config.vad_threshold, end_t)
+            is_speech = self.vad.probability(chunk) >= self.config.vad_threshold
+            for event in self.tracker.push(chunk, is_speech, end_t):
+                self._on_speech_event(event)
         if self.recognizer is None:
             return
         pcm = (np.clip(chunk, -1.0, 1.0) * 32767.0).astype(np.int16)
@@ -281,39 +307,132 @@ class VoiceConversationSystem:
                 self.recognizer.feed(piece)
         self.recognizer.feed(pcm)
 
-    def _track_speech(self, is_speech: bool, end_t: float) -> None:
-        if is_speech:
-            self._silent_chunks = 0
-            if not self._speech_run_start_t:
-                self._speech_run_start_t = end_t - VAD_CHUNK_S
-            self._last_speech_end_t = end_t
-            run_ms = (end_t - self._speech_run_start_t) * 1000.0
-            if (
-                self.config.barge_in_enabled
-                and run_ms >= self.config.barge_in_min_speech_ms
-                and self._barge_in_run_t != self._speech_run_start_t
-            ):
-                if self.interrupt(onset_t=self._speech_run_start_t, decision_t=end_t):
-                    self._barge_in_run_t = self._speech_run_start_t
-        else:
-            self._silent_chunks += 1
-            if self._silent_chunks * VAD_CHUNK_S >= 0.1:  # a 100 ms gap ends a speech run
-                self._speech_run_start_t = 0.0
+    def _on_speech_event(self, event) -> None:
+        """Audio-in thread: act on what the utterance tracker saw."""
+        if isinstance(event, SpeechStart):
+            self._cancel_tentative()  # the user goes on talking: the speculative answer is moot
+        elif isinstance(event, SpeechLong):
+            if self.config.barge_in_enabled:
+                self.interrupt(onset_t=event.onset_t, decision_t=event.decision_t)
+        elif isinstance(event, PauseSnapshot):
+            with self._lock:
+                self._spec_inflight_for = event.speech_end_t
+            self._spec_queue.put(event)
+        elif isinstance(event, Endpoint):
+            self._on_endpoint(event)
+
+    # ------------------------------------------------------------------ speculative end of turn
+
+    def _run_spec_asr(self) -> None:
+        """spec-asr thread: transcribe an utterance while its end-of-turn silence is still running."""
+        while True:
+            job = self._spec_queue.get()
+            if job is STOP:
+                return
+            try:
+                if job.speech_end_t == self.tracker.last_speech_end_t:
+                    text = self.transcriber.transcribe_text(job.audio)
+                    self._on_spec_text(job, text.strip(), time.monotonic())
+            except Exception:
+                log.exception("speculative transcription failed")
+            finally:
+                with self._lock:
+                    if self._spec_inflight_for == job.speech_end_t:
+                        self._spec_inflight_for = 0.0
+                    self._spec_done.notify_all()
+
+    def _on_spec_text(self, job: PauseSnapshot, text: str, text_t: float) -> None:
+        with self._lock:
+            if job.speech_end_t != self.tracker.last_speech_end_t:
+                return  # the user spoke again: a newer snapshot will come
+            self._spec_cache = (job.speech_end_t, text)
+            ended = self._endpoint_for == job.speech_end_t
+            if not clean_for_speech(text):
+                self._no_words_for = job.speech_end_t
+        if not clean_for_speech(text):
+            if ended:
+                self._on_no_words()
+            return
+        self._start_turn(text, job.speech_end_t, text_t, speculative=True)
+
+    def _on_endpoint(self, event: Endpoint) -> None:
+        """Audio-in thread: the user's turn is over; play the speculative answer if it is ready."""
+        with self._lock:
+            self._endpoint_for = event.speech_end_t
+            turn = self._active
+            no_words = self._no_words_for == event.speech_end_t
+        if turn is not None and turn.tentative and turn.speech_end_t == event.speech_end_t:
+            self._promote(turn)
+        elif no_words:
+            self._on_no_words()
+
+    def _promote(self, turn: ActiveTurn) -> None:
+        with self._lock:
+            if self._active is not turn or not turn.tentative:
+                return
+            turn.tentative = False
+            held, turn.held = turn.held, []
+            for item in held:
+                self.sink.put(item)
+        chat_log.info("You: %s", turn.user_text)
+
+    def _cancel_tentative(self) -> None:
+        with self._lock:
+            turn = self._active
+            if turn is None or not turn.tentative:
+                return
+            self._active = None
+            self.turns.advance()
+            stream = turn.stream
+        if stream is not None:
+            stream.abort()
+        log.debug("speculative turn %d dropped: the user went on speaking", turn.turn_id)
+
+    def cached_transcript(self, wait_s: float = 2.0) -> str | None:
+        """RealtimeSTT's final transcription of the utterance we already transcribed, if any.
+
+        Called on a RealtimeSTT thread; waits for a speculative transcription still running.
+        """
+        with self._lock:
+            deadline = time.monotonic() + wait_s
+            while self._spec_inflight_for and self._spec_inflight_for == self.tracker.last_speech_end_t:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping.is_set():
+                    break
+                self._spec_done.wait(remaining)
+            cache = self._spec_cache
+            if cache is None or cache[0] != self.tracker.last_speech_end_t:
+                return None
+            self._final_from_cache = True
+            return cache[1]
 
     # ------------------------------------------------------------------ turns
 
     def submit_user_text(self, text: str, speech_end_t: float = 0.0, text_t: float = 0.0) -> int:
         """Answer `text` as a new turn (any thread); returns its turn id."""
+        return self._start_turn(text, speech_end_t, text_t, speculative=False)
+
+    def _start_turn(self, text: str, speech_end_t: float, text_t: float, speculative: bool) -> int:
+        """A new turn; a speculative one stays tentative (held) until its utterance's endpoint."""
         now = time.monotonic()
         with self._lock:
             old = self._active
             turn = ActiveTurn(self.turns.advance(), text, speech_end_t or now, text_t or now)
+            turn.speculative = speculative
+            turn.tentative = speculative and self._endpoint_for != speech_end_t
             self._active = turn
-            self._resumable = None
+            self._resumable = None if not turn.tentative else self._resumable
         if old is not None:
-            self._stop_turn(old, reason="new user turn")
+            if old.tentative:
+                with self._lock:
+                    stream = old.stream
+                if stream is not None:
+                    stream.abort()
+            else:
+                self._stop_turn(old, reason="new user turn")
         self._abort_summary()
-        chat_log.info("You: %s", text)
+        if not turn.tentative:
+            chat_log.info("You: %s", text)
         self._llm_queue.put(turn)
         return turn.turn_id
 
@@ -325,7 +444,7 @@ class VoiceConversationSystem:
         decision_t = decision_t or time.monotonic()
         with self._lock:
             turn = self._active
-            if turn is None or turn.playback_done:
+            if turn is None or turn.playback_done or turn.tentative:
                 return False
             self._active = None
             self.turns.advance()
@@ -358,8 +477,8 @@ class VoiceConversationSystem:
     def _commit(self, turn: ActiveTurn, interrupted: bool, reason: str = "") -> None:
         """Record a finished or interrupted turn in history, transcript and metrics (once)."""
         with self._lock:
-            if turn.committed:
-                return
+            if turn.committed or turn.tentative:
+                return  # a tentative turn was never heard: it leaves no trace
             turn.committed = True
             heard = turn.heard_text() if interrupted else turn.full_text()
         if turn.resumed_from:
@@ -377,6 +496,7 @@ class VoiceConversationSystem:
             "llm": turn.llm,
             "tts_first_chunk_ms": ms(turn.first_sentence_t, turn.first_audio_ready_t),
             "voice_to_voice_ms": ms(turn.speech_end_t, turn.first_audio_t),
+            "speculative": turn.speculative,
             "first_audio_s": round(turn.first_audio_t - self.t0, 3) if turn.first_audio_t else None,
         }
         self.turn_metrics.append(metrics)
@@ -413,7 +533,7 @@ class VoiceConversationSystem:
     def _on_recording_stop(self) -> None:
         self._recording = False
         self._transcribing_since = time.monotonic()
-        self._utterance_end_t = self._last_speech_end_t or time.monotonic()
+        self._utterance_end_t = self.tracker.last_speech_end_t or time.monotonic()
 
     def _on_transcription_start(self, *args) -> bool:
         return False  # False: RealtimeSTT goes on to transcribe
@@ -434,9 +554,17 @@ class VoiceConversationSystem:
 
     def on_final_text(self, text: str, speech_end_t: float, text_t: float) -> None:
         """A finished utterance: answer it, or resume a falsely interrupted reply if it had no words."""
+        with self._lock:
+            from_cache, self._final_from_cache = self._final_from_cache, False
+        if from_cache:
+            return  # RealtimeSTT confirmed the utterance we already answered speculatively
         if clean_for_speech(text):
             self.submit_user_text(text.strip(), speech_end_t, text_t)
             return
+        self._on_no_words()
+
+    def _on_no_words(self) -> None:
+        """The utterance after a barge-in had no words: resume the cut reply (if enabled)."""
         with self._lock:
             resumable, self._resumable = self._resumable, None
             busy = self._active is not None
@@ -586,7 +714,7 @@ class VoiceConversationSystem:
             if not self.turns.is_current(item.turn_id):
                 continue
             if isinstance(item, EndOfText):
-                self.sink.put(EndOfReply(item.turn_id))
+                self._to_sink(EndOfReply(item.turn_id))
                 continue
             try:
                 self._speak(item)
@@ -608,7 +736,16 @@ class VoiceConversationSystem:
         for i, block in enumerate(blocks):
             if not self.turns.is_current(item.turn_id):
                 return
-            self.sink.put(AudioBlock(item.turn_id, block, item.index, (i + 1) / len(blocks)))
+            self._to_sink(AudioBlock(item.turn_id, block, item.index, (i + 1) / len(blocks)))
+
+    def _to_sink(self, item) -> None:
+        """Queue for playback, or hold while the turn is tentative (TTS thread)."""
+        with self._lock:
+            turn = self._active
+            if turn is not None and turn.turn_id == item.turn_id and turn.tentative:
+                turn.held.append(item)
+                return
+        self.sink.put(item)
 
     # ------------------------------------------------------------------ playback and control
 
@@ -712,6 +849,8 @@ def assistant_config_from_args(args) -> AssistantConfig:
         resume_after_false_interruption=args.resume_after_false_interruption,
         first_clause_min_words=args.first_clause_min_words,
         block_ms=args.block_ms,
+        end_of_speech_silence_ms=args.end_of_speech_silence_ms,
+        speculate_after_ms=args.speculate_after_ms,
     )
 
 
@@ -748,7 +887,7 @@ def start_llm(args):
 
 def build_system(args) -> VoiceConversationSystem:
     """Real components from the command line. SetupError on any problem, before anything plays."""
-    from voice_assistant.asr import ASRConfig, SpeechRecognizer, WhisperTranscriber, resolve_asr_model
+    from voice_assistant.asr import ASRConfig, CachingExecutor, SpeechRecognizer, WhisperTranscriber, resolve_asr_model
     from voice_assistant.audio_io import (
         MicrophoneSource,
         SpeakerSink,
@@ -772,6 +911,7 @@ def build_system(args) -> VoiceConversationSystem:
         model=resolve_asr_model(args.asr_model),
         threads=args.asr_threads,
         end_of_speech_silence_s=args.end_of_speech_silence_ms / 1000.0,
+        early_transcription_ms=0,
     )
     transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size)
     vad = SileroVAD.load(threads=1)
@@ -784,13 +924,17 @@ def build_system(args) -> VoiceConversationSystem:
         else:
             sink = SpeakerSink(find_device(args.output_device, "output"), synthesizer.sample_rate_hz, config.block_ms)
             source = MicrophoneSource(find_device(args.input_device, "input"))
-        system = VoiceConversationSystem(config, client, synthesizer, sink, source, vad, None, transcript, metrics, server)
+        system = VoiceConversationSystem(
+            config, client, synthesizer, sink, source, vad, None, transcript, metrics, server,
+            transcriber=transcriber if config.speculate_after_ms > 0 else None,
+        )  # fmt: skip
         synthesizer.warm_up()
         transcriber.warm_up()
         warm = client.stream({"prompt": client.apply_template(system.history.messages(config.system_prompt)),
                               "n_predict": 1, "cache_prompt": True, "id_slot": 0})  # fmt: skip
         list(warm)  # fills the prompt cache with the system prompt
-        system.recognizer = SpeechRecognizer.create(asr_config, transcriber, system.recognizer_callbacks())
+        executor = CachingExecutor(transcriber, system.cached_transcript) if system.transcriber else transcriber
+        system.recognizer = SpeechRecognizer.create(asr_config, executor, system.recognizer_callbacks())
     except BaseException:
         client.close()
         if server is not None:
@@ -942,12 +1086,14 @@ def parse_args(argv=None):
     p.add_argument("--metrics-json", help="write per-turn timings to this JSON file")
     p.add_argument("--server-log", help="llama-server log file (default: ~/.local/state/voice-assistant/)")
     p.add_argument("--llm-threads", type=positive_int, default=1, help="llama-server generation threads (-t)")
-    p.add_argument("--llm-batch-threads", type=positive_int, default=2, help="llama-server prompt threads (-tb)")
+    p.add_argument("--llm-batch-threads", type=positive_int, default=1, help="llama-server prompt threads (-tb)")
     p.add_argument("--llm-context", type=positive_int, default=4096, help="context tokens per server slot")
     p.add_argument("--asr-threads", type=positive_int, default=2, help="CTranslate2 threads for faster-whisper")
     p.add_argument("--tts-threads", type=positive_int, default=1, help="onnxruntime threads for Piper")
     p.add_argument("--max-reply-tokens", type=positive_int, default=96, help="longest reply, in tokens")
     p.add_argument("--end-of-speech-silence-ms", type=positive_int, default=450, help="silence that ends an utterance")
+    p.add_argument("--speculate-after-ms", type=non_negative_int, default=96,
+                   help="transcribe and start answering after this much silence, before the turn ends (0: off)")
     p.add_argument("--block-ms", type=positive_int, default=20, choices=[10, 20, 30, 40], help="playback block")
     p.add_argument("--first-clause-min-words", type=non_negative_int, default=4,
                    help="first spoken chunk may end at a comma after this many words (0: whole sentences)")

@@ -42,8 +42,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from voice_assistant.wavio import resample  # noqa: E402
-from voiceprint import DEFAULT_THRESHOLD, AudioTooShortError, SpeakerEncoder, load_encoder  # noqa: E402
-from voiceprint import features  # noqa: E402
+from voiceprint import (  # noqa: E402
+    DEFAULT_THRESHOLD,
+    AudioTooShortError,
+    SpeakerEncoder,
+    features,  # noqa: E402
+    load_encoder,
+)
 
 RATE_HZ = features.SAMPLE_RATE_HZ
 ENROLL_CLIPS = 3
@@ -64,29 +69,78 @@ class Source:
 
 FILLETS = "usr/share/games/fillets-ng/sound/*/{lang}/{glob}"
 SOURCES = [
-    Source("fillets-nl-small-fish", "fillets-ng-data-nl",
-           (FILLETS.format(lang="nl", glob="*-m-*.ogg"), FILLETS.format(lang="nl", glob="m-*.ogg")),
-           "Fish Fillets NG, Dutch dub: voice actor of the small fish (lines *-m-*)", "22.05 kHz Vorbis", "nl"),
-    Source("fillets-nl-big-fish", "fillets-ng-data-nl",
-           (FILLETS.format(lang="nl", glob="*-v-*.ogg"), FILLETS.format(lang="nl", glob="v-*.ogg")),
-           "Fish Fillets NG, Dutch dub: voice actor of the big fish (lines *-v-*)", "22.05 kHz Vorbis", "nl"),
-    Source("fillets-cs-small-fish", "fillets-ng-data-cs",
-           (FILLETS.format(lang="cs", glob="*-m-*.ogg"), FILLETS.format(lang="cs", glob="m-*.ogg")),
-           "Fish Fillets NG, Czech original: voice actor of the small fish", "22.05 kHz Vorbis", "cs"),
-    Source("fillets-cs-big-fish", "fillets-ng-data-cs",
-           (FILLETS.format(lang="cs", glob="*-v-*.ogg"), FILLETS.format(lang="cs", glob="v-*.ogg")),
-           "Fish Fillets NG, Czech original: voice actor of the big fish", "22.05 kHz Vorbis", "cs"),
-    Source("asterisk-en-allison", "asterisk-core-sounds-en-wav",
-           ("usr/share/asterisk/sounds/en_US_f_Allison/*.wav",),
-           "Allison Smith, Asterisk core prompts (US English)", "8 kHz WAV", "en"),
-    Source("asterisk-es-co-july", "asterisk-prompt-es-co", ("usr/share/asterisk/sounds/es/*.gsm",),
-           "July E. Jiménez, Asterisk prompts (Colombian Spanish)", "8 kHz GSM", "es"),
-    Source("asterisk-fr-armelle", "asterisk-prompt-fr-armelle", ("usr/share/asterisk/sounds/fr/*.gsm",),
-           "Armelle Desjardins, Asterisk prompts (French)", "8 kHz GSM", "fr"),
-    Source("codec2-ve9qrp", "codec2-examples", ("usr/share/codec2/wav/ve9qrp.wav",),
-           "codec2 sample ve9qrp: one male amateur-radio operator, HF radio channel", "8 kHz WAV", "en"),
-    Source("codec2-vk2tpm", "codec2-examples", ("usr/share/codec2/wav/vk2tpm_004.wav",),
-           "codec2 sample vk2tpm_004: one male amateur-radio operator", "8 kHz WAV", "en"),
+    Source(
+        "fillets-nl-small-fish",
+        "fillets-ng-data-nl",
+        (FILLETS.format(lang="nl", glob="*-m-*.ogg"), FILLETS.format(lang="nl", glob="m-*.ogg")),
+        "Fish Fillets NG, Dutch dub: voice actor of the small fish (lines *-m-*)",
+        "22.05 kHz Vorbis",
+        "nl",
+    ),
+    Source(
+        "fillets-nl-big-fish",
+        "fillets-ng-data-nl",
+        (FILLETS.format(lang="nl", glob="*-v-*.ogg"), FILLETS.format(lang="nl", glob="v-*.ogg")),
+        "Fish Fillets NG, Dutch dub: voice actor of the big fish (lines *-v-*)",
+        "22.05 kHz Vorbis",
+        "nl",
+    ),
+    Source(
+        "fillets-cs-small-fish",
+        "fillets-ng-data-cs",
+        (FILLETS.format(lang="cs", glob="*-m-*.ogg"), FILLETS.format(lang="cs", glob="m-*.ogg")),
+        "Fish Fillets NG, Czech original: voice actor of the small fish",
+        "22.05 kHz Vorbis",
+        "cs",
+    ),
+    Source(
+        "fillets-cs-big-fish",
+        "fillets-ng-data-cs",
+        (FILLETS.format(lang="cs", glob="*-v-*.ogg"), FILLETS.format(lang="cs", glob="v-*.ogg")),
+        "Fish Fillets NG, Czech original: voice actor of the big fish",
+        "22.05 kHz Vorbis",
+        "cs",
+    ),
+    Source(
+        "asterisk-en-allison",
+        "asterisk-core-sounds-en-wav",
+        ("usr/share/asterisk/sounds/en_US_f_Allison/*.wav",),
+        "Allison Smith, Asterisk core prompts (US English)",
+        "8 kHz WAV",
+        "en",
+    ),
+    Source(
+        "asterisk-es-co-july",
+        "asterisk-prompt-es-co",
+        ("usr/share/asterisk/sounds/es/*.gsm",),
+        "July E. Jiménez, Asterisk prompts (Colombian Spanish)",
+        "8 kHz GSM",
+        "es",
+    ),
+    Source(
+        "asterisk-fr-armelle",
+        "asterisk-prompt-fr-armelle",
+        ("usr/share/asterisk/sounds/fr/*.gsm",),
+        "Armelle Desjardins, Asterisk prompts (French)",
+        "8 kHz GSM",
+        "fr",
+    ),
+    Source(
+        "codec2-ve9qrp",
+        "codec2-examples",
+        ("usr/share/codec2/wav/ve9qrp.wav",),
+        "codec2 sample ve9qrp: one male amateur-radio operator, HF radio channel",
+        "8 kHz WAV",
+        "en",
+    ),
+    Source(
+        "codec2-vk2tpm",
+        "codec2-examples",
+        ("usr/share/codec2/wav/vk2tpm_004.wav",),
+        "codec2 sample vk2tpm_004: one male amateur-radio operator",
+        "8 kHz WAV",
+        "en",
+    ),
 ]
 
 HARVARD = [
@@ -161,8 +215,11 @@ def load_16k(path: Path) -> np.ndarray:
     if path.suffix == ".gsm":
         with tempfile.TemporaryDirectory() as tmp:
             wav = Path(tmp) / "gsm.wav"
-            subprocess.run(["sox", "-t", "gsm", "-r", "8000", "-c", "1", str(path), "-b", "16", str(wav)],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["sox", "-t", "gsm", "-r", "8000", "-c", "1", str(path), "-b", "16", str(wav)],
+                check=True,
+                capture_output=True,
+            )
             return load_16k(wav)
     samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     return resample(samples.mean(axis=1), rate, RATE_HZ)
@@ -202,7 +259,9 @@ def real_speakers(data: Path, clips_wanted: int, clip_s: float) -> list[Speaker]
     for index, source in enumerate(SOURCES):
         found = package_files(source.package, data)
         if found is None:
-            print(f"missing package {source.package}: run with --fetch (speaker {source.name} skipped)", file=sys.stderr)
+            print(
+                f"missing package {source.package}: run with --fetch (speaker {source.name} skipped)", file=sys.stderr
+            )
             continue
         root, files = found
         paths = [root / f for f in files if any(fnmatch.fnmatch(f, pattern) for pattern in source.patterns)]
@@ -223,7 +282,9 @@ def synthetic_speakers(clip_s: float) -> list[Speaker]:
                 clips = []
                 for number, sentence in enumerate(HARVARD):
                     wav = Path(tmp) / f"{number}.wav"
-                    subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), sentence], check=True, capture_output=True)
+                    subprocess.run(
+                        ["espeak-ng", "-v", voice, "-w", str(wav), sentence], check=True, capture_output=True
+                    )
                     clips.append(load_16k(wav))
                 speakers.append(Speaker(f"espeak-ng-{voice}", f"espeak-ng voice {voice}", "synthetic", "en", clips))
     try:
@@ -302,9 +363,18 @@ def enrollment_pairs(speakers: list[Speaker], same_language_only: bool = False) 
 
 def describe(scores: np.ndarray) -> dict:
     p = np.percentile(scores, [1, 5, 50, 95, 99])
-    return {"n": int(len(scores)), "mean": float(scores.mean()), "std": float(scores.std()), "min": float(scores.min()),
-            "p1": float(p[0]), "p5": float(p[1]), "median": float(p[2]), "p95": float(p[3]), "p99": float(p[4]),
-            "max": float(scores.max())}
+    return {
+        "n": int(len(scores)),
+        "mean": float(scores.mean()),
+        "std": float(scores.std()),
+        "min": float(scores.min()),
+        "p1": float(p[0]),
+        "p5": float(p[1]),
+        "median": float(p[2]),
+        "p95": float(p[3]),
+        "p99": float(p[4]),
+        "max": float(scores.max()),
+    }
 
 
 def evaluate(label: str, speakers: list[Speaker], same_language_only: bool = False) -> dict:
@@ -314,9 +384,17 @@ def evaluate(label: str, speakers: list[Speaker], same_language_only: bool = Fal
         if len(genuine) == 0 or len(impostor) == 0:
             continue
         rate, threshold = eer(genuine, impostor)
-        at_default = {"far": float(np.mean(impostor >= DEFAULT_THRESHOLD)), "frr": float(np.mean(genuine < DEFAULT_THRESHOLD))}
-        result[protocol] = {"eer": rate, "threshold_at_eer": threshold, "genuine": describe(genuine),
-                            "impostor": describe(impostor), "at_default_threshold": at_default}
+        at_default = {
+            "far": float(np.mean(impostor >= DEFAULT_THRESHOLD)),
+            "frr": float(np.mean(genuine < DEFAULT_THRESHOLD)),
+        }
+        result[protocol] = {
+            "eer": rate,
+            "threshold_at_eer": threshold,
+            "genuine": describe(genuine),
+            "impostor": describe(impostor),
+            "at_default_threshold": at_default,
+        }
     return result
 
 
@@ -327,13 +405,19 @@ def print_result(result: dict) -> None:
             continue
         r = result[protocol]
         g, i = r["genuine"], r["impostor"]
-        print(f"  {protocol:19s} EER {100 * r['eer']:5.2f}%  threshold at EER {r['threshold_at_eer']:.3f}   "
-              f"default {DEFAULT_THRESHOLD:.2f}: FAR {100 * r['at_default_threshold']['far']:.2f}% "
-              f"FRR {100 * r['at_default_threshold']['frr']:.2f}%")
-        print(f"    genuine  n={g['n']:6d} mean {g['mean']:.3f} sd {g['std']:.3f} p1 {g['p1']:.3f} p5 {g['p5']:.3f} "
-              f"median {g['median']:.3f} min {g['min']:.3f}")
-        print(f"    impostor n={i['n']:6d} mean {i['mean']:.3f} sd {i['std']:.3f} p95 {i['p95']:.3f} p99 {i['p99']:.3f} "
-              f"median {i['median']:.3f} max {i['max']:.3f}")
+        print(
+            f"  {protocol:19s} EER {100 * r['eer']:5.2f}%  threshold at EER {r['threshold_at_eer']:.3f}   "
+            f"default {DEFAULT_THRESHOLD:.2f}: FAR {100 * r['at_default_threshold']['far']:.2f}% "
+            f"FRR {100 * r['at_default_threshold']['frr']:.2f}%"
+        )
+        print(
+            f"    genuine  n={g['n']:6d} mean {g['mean']:.3f} sd {g['std']:.3f} p1 {g['p1']:.3f} p5 {g['p5']:.3f} "
+            f"median {g['median']:.3f} min {g['min']:.3f}"
+        )
+        print(
+            f"    impostor n={i['n']:6d} mean {i['mean']:.3f} sd {i['std']:.3f} p95 {i['p95']:.3f} p99 {i['p99']:.3f} "
+            f"median {i['median']:.3f} max {i['max']:.3f}"
+        )
 
 
 def cross_table(rows: list[Speaker], columns: list[Speaker]) -> list[tuple[str, str, float, float]]:
@@ -350,8 +434,12 @@ def cross_table(rows: list[Speaker], columns: list[Speaker]) -> list[tuple[str, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "voiceprint-calibration",
-                        help="where packages are (or, with --fetch, get) unpacked")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / ".cache" / "voiceprint-calibration",
+        help="where packages are (or, with --fetch, get) unpacked",
+    )
     parser.add_argument("--fetch", action="store_true", help="apt-get download + dpkg -x the packages that are missing")
     parser.add_argument("--clips-per-speaker", type=int, default=60)
     parser.add_argument("--clip-s", type=float, default=3.0, help="clip length in seconds (2 to 4)")
@@ -379,10 +467,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {s.name:24s} {len(s.clips):3d} clips, {s.speech_s:6.1f} s  ({s.description})")
     wideband = [s for s in real if s.name.startswith("fillets")]
     narrowband = [s for s in real if not s.name.startswith("fillets")]
-    results = [evaluate("REAL: all speakers", real),
-               evaluate("REAL: all speakers, impostors of the same language only", real, same_language_only=True),
-               evaluate("REAL: wideband (22.05 kHz) speakers only", wideband),
-               evaluate("REAL: narrowband (8 kHz) speakers only", narrowband)]
+    results = [
+        evaluate("REAL: all speakers", real),
+        evaluate("REAL: all speakers, impostors of the same language only", real, same_language_only=True),
+        evaluate("REAL: wideband (22.05 kHz) speakers only", wideband),
+        evaluate("REAL: narrowband (8 kHz) speakers only", narrowband),
+    ]
     if synthetic:
         print("\nSynthetic speakers (reported separately):")
         for s in synthetic:
@@ -391,9 +481,21 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print_result(result)
 
-    report = {"results": results, "default_threshold": DEFAULT_THRESHOLD, "clip_s": args.clip_s,
-              "speakers": [{"name": s.name, "group": s.group, "clips": len(s.clips), "speech_s": round(s.speech_s, 1),
-                            "description": s.description} for s in real + synthetic]}
+    report = {
+        "results": results,
+        "default_threshold": DEFAULT_THRESHOLD,
+        "clip_s": args.clip_s,
+        "speakers": [
+            {
+                "name": s.name,
+                "group": s.group,
+                "clips": len(s.clips),
+                "speech_s": round(s.speech_s, 1),
+                "description": s.description,
+            }
+            for s in real + synthetic
+        ],
+    }
     piper = [s for s in synthetic if s.name == "piper-joe"]
     if piper:
         table = cross_table(piper, real + [s for s in synthetic if s is not piper[0]])
@@ -401,8 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         for _, other, mean, top in sorted(table, key=lambda row: -row[3]):
             print(f"  {other:24s} mean {mean:.3f}  max {top:.3f}")
         report["piper_vs_others"] = [{"speaker": other, "mean": mean, "max": top} for _, other, mean, top in table]
-    print(f"\n({time.perf_counter() - started:.0f} s; model {encoder.model_id}; "
-          f"{args.clip_s:g} s clips; enrollment = mean of {ENROLL_CLIPS} clips)")
+    print(
+        f"\n({time.perf_counter() - started:.0f} s; model {encoder.model_id}; "
+        f"{args.clip_s:g} s clips; enrollment = mean of {ENROLL_CLIPS} clips)"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")

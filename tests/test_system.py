@@ -312,3 +312,92 @@ def test_history_is_summarized_in_the_background(server):
         assert "Summary of the earlier conversation" in h.system.history.messages("sys")[0]["content"]
     finally:
         h.close()
+
+
+class FakeTranscriber:
+    """Scripted transcripts, one per call; records how much audio each call got."""
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+        self.audio_seconds: list[float] = []
+
+    def transcribe_text(self, audio: np.ndarray) -> str:
+        self.audio_seconds.append(len(audio) / 16000)
+        return self.texts.pop(0) if self.texts else ""
+
+
+def speak(system, chunks: int, t: float) -> float:
+    for _ in range(chunks):
+        t += 0.032
+        system.on_audio(np.full(512, 0.5, dtype=np.float32), t)
+    return t
+
+
+def pause(system, chunks: int, t: float) -> float:
+    for _ in range(chunks):
+        t += 0.032
+        system.on_audio(np.zeros(512, dtype=np.float32), t)
+    return t
+
+
+def speculative_harness(server, *texts):
+    h = Harness(server, speculate_after_ms=96, end_of_speech_silence_ms=450)
+    h.system.transcriber = FakeTranscriber(*texts)
+    h.system.tracker.speculate_after_s = 0.096
+    h.system.vad = FakeVAD()
+    h.system._threads.append(threading.Thread(target=h.system._run_spec_asr, name="spec-asr", daemon=True))
+    h.system._threads[-1].start()
+    return h
+
+
+def test_speculative_answer_is_held_until_the_end_of_turn(server):
+    h = speculative_harness(server, "what time is it")
+    try:
+        server.script(Reply(pieces=["It is noon. ", "Have a nice day."]))
+        t = speak(h.system, 15, 500.0)
+        t = pause(h.system, 4, t)  # 128 ms: past speculate_after_ms, before the end of turn
+        wait_until(lambda: h.system._active is not None and len(h.system._active.held) > 3)
+        turn = h.system._active
+        assert turn.tentative and turn.user_text == "what time is it"
+        assert h.queued_blocks() == 0  # nothing reaches the speaker before the turn is over
+        assert h.system.history.exchanges() == []
+        pause(h.system, 12, t)  # 512 ms of silence in all: the endpoint
+        assert not turn.tentative
+        h.play_reply(turn.turn_id)
+        h.wait_idle()
+        exchange = h.system.history.exchanges()[-1]
+        assert exchange.user == "what time is it" and exchange.assistant == "It is noon. Have a nice day."
+        assert h.system.turn_metrics[-1]["speculative"] is True
+        # RealtimeSTT's final transcription of the same speech comes from the cache, and is not answered twice
+        assert h.system.cached_transcript() == "what time is it"
+        h.system.on_final_text("what time is it", t, t)
+        h.wait_idle()
+        assert len(server.completion_bodies) == 1
+        assert h.system.transcriber.audio_seconds[0] == pytest.approx((15 + 3) * 0.032)  # speech + 96 ms pause
+    finally:
+        h.close()
+
+
+def test_speaking_again_drops_the_speculative_answer(server):
+    h = speculative_harness(server, "turn on", "turn on the lights in the kitchen")
+    try:
+        gate = threading.Event()
+        server.script(Reply(pieces=["Which lights? ", "Tell me."], gates={1: gate}), Reply(pieces=["Done."]))
+        t = speak(h.system, 10, 700.0)
+        t = pause(h.system, 4, t)
+        assert server.wait_until_blocked(gate)
+        first = h.system._active
+        assert first.tentative
+        t = speak(h.system, 12, t)  # the user goes on: "... the lights in the kitchen"
+        assert h.system._active is None and server.wait_for_hangup()
+        gate.set()
+        t = pause(h.system, 16, t)
+        wait_until(lambda: h.system._active is not None and h.system._active.user_text.endswith("kitchen"))
+        second = h.system._active
+        h.play_reply(second.turn_id)
+        h.wait_idle()
+        assert {b.turn_id for b in h.sink.played} == {second.turn_id}
+        assert [e.user for e in h.system.history.exchanges()] == ["turn on the lights in the kitchen"]
+        assert h.system.transcriber.audio_seconds[1] > h.system.transcriber.audio_seconds[0]
+    finally:
+        h.close()

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
+from speech import have_espeak, say
 
 import voiceprint
-from speech import have_espeak, say
 from voice_assistant.wavio import write_wav
 from voiceprint import (
     DEFAULT_THRESHOLD,
@@ -88,7 +87,10 @@ def run_cli(*args: str, data_home: Path) -> subprocess.CompletedProcess:
 
 
 def test_import_loads_no_model_and_touches_no_device():
-    code = "import sys, voiceprint; print(sorted(m for m in ('torch', 'sounddevice', 'piper', 'onnxruntime') if m in sys.modules)); print(voiceprint.encoder._default)"
+    code = (
+        "import sys, voiceprint; heavy = ('torch', 'sounddevice', 'piper', 'onnxruntime'); "
+        "print(sorted(m for m in heavy if m in sys.modules)); print(voiceprint.encoder._default)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[:2] == ["[]", "None"]
 
@@ -108,6 +110,46 @@ def test_embedding_is_a_deterministic_unit_vector_for_any_input_rate(speech, enc
     assert voiceprint.cosine(vector, encoder.embed(at_44k, 44100)) > 0.98
     stereo = np.stack([audio, audio], axis=1)
     assert voiceprint.cosine(vector, encoder.embed(stereo, rate)) > 0.999
+
+
+def golden_signal() -> np.ndarray:
+    """3 s of a voiced-speech-like analytic signal: gliding 110-150 Hz harmonics under a syllable envelope."""
+    t = np.arange(48000) / 16000.0
+    f0 = 130.0 + 20.0 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / 16000.0
+    formants = (700.0, 1200.0, 2600.0)
+    voice = sum(
+        np.sin(k * phase) / k * sum(np.exp(-(((k * f0 - f) / 300.0) ** 2)) for f in formants) for k in range(1, 40)
+    )
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t) ** 2
+    return (0.1 * voice * envelope).astype(np.float32)
+
+
+# resemblyzer 0.1.4's own VoiceEncoder.embed_utterance(golden_signal()), with librosa 0.11's
+# melspectrogram(pad_mode="reflect") computed separately: its 12 largest entries and its sum.
+RESEMBLYZER_TOP = {
+    42: 0.214890,
+    51: 0.176055,
+    78: 0.178080,
+    120: 0.184443,
+    126: 0.174765,
+    132: 0.185117,
+    135: 0.169348,
+    150: 0.168824,
+    169: 0.189682,
+    177: 0.195586,
+    193: 0.195612,
+    221: 0.192086,
+}
+RESEMBLYZER_SUM = 7.822371
+
+
+def test_embedding_matches_resemblyzer(encoder):
+    vector = encoder.embed_prepared(golden_signal())
+    assert sorted(np.argsort(-vector)[:12]) == sorted(RESEMBLYZER_TOP)
+    for index, value in RESEMBLYZER_TOP.items():
+        assert vector[index] == pytest.approx(value, abs=2e-5)
+    assert float(vector.sum()) == pytest.approx(RESEMBLYZER_SUM, abs=1e-4)
 
 
 def test_same_voice_scores_higher_than_different_voices(speech, encoder):
@@ -161,6 +203,46 @@ def test_bad_audio_raises_one_error_type(speech, encoder):
         voiceprint.read_audio(speech["short"].with_name("missing.wav"))
     with pytest.raises(AudioFileError):
         voiceprint.read_audio(speech["corrupt"])
+
+
+class FakeInputStream:
+    """sounddevice.InputStream stand-in: a context manager whose read() returns a ramp."""
+
+    opened: list[dict] = []
+
+    def __init__(self, **settings) -> None:
+        if settings.get("device") == "missing":
+            raise FakeSounddevice.PortAudioError("Error querying device -1")
+        FakeInputStream.opened.append(settings)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def read(self, frames: int):
+        return np.linspace(-0.5, 0.5, frames, dtype=np.float32)[:, None], False
+
+
+class FakeSounddevice:
+    PortAudioError = type("PortAudioError", (Exception,), {})
+    InputStream = FakeInputStream
+
+
+def test_record_microphone_reads_16k_mono_and_reports_no_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeSounddevice)
+    FakeInputStream.opened.clear()
+    prompts = []
+    samples, rate = voiceprint.record_microphone(1.5, on_start=lambda: prompts.append("now"))
+    assert rate == 16000 and samples.shape == (24000,) and samples.dtype == np.float32
+    assert prompts == ["now"] and FakeInputStream.opened[0]["samplerate"] == 16000
+    assert FakeInputStream.opened[0]["channels"] == 1
+    with pytest.raises(voiceprint.MicrophoneError, match="cannot record from the microphone"):
+        voiceprint.record_microphone(1.0, device="missing", on_start=lambda: prompts.append("again"))
+    assert prompts == ["now"]  # no prompt when the device did not open
+    with pytest.raises(voiceprint.MicrophoneError, match="positive"):
+        voiceprint.record_microphone(0)
 
 
 # ---------------------------------------------------------------- enrollments
@@ -218,8 +300,24 @@ def test_default_store_follows_xdg_data_home(monkeypatch, tmp_path):
     assert EnrollmentStore().root == Path.home() / ".local/share/voice-assistant/voiceprints"
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "../evil", "a/b", "/etc/passwd", ".hidden", "-rf", "with space",
-                                  "naïve", "x" * 65, "a\nb", "alice.json/.."])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        ".",
+        "..",
+        "../evil",
+        "a/b",
+        "/etc/passwd",
+        ".hidden",
+        "-rf",
+        "with space",
+        "naïve",
+        "x" * 65,
+        "a\nb",
+        "alice.json/..",
+    ],
+)
 def test_bad_names_are_refused(name, tmp_path):
     with pytest.raises(InvalidNameError):
         voiceprint.validate_name(name)
@@ -236,8 +334,16 @@ def write_enrollment(store: EnrollmentStore, speaker: str, changes: dict | None 
     """A well-formed version-1 file for `speaker`, with `changes` applied to its keys."""
     vector = np.zeros(256)
     vector[0] = 1.0
-    data = {"format": "voiceprint-enrollment", "version": 1, "name": speaker, "model_id": "m",
-            "embedding": list(vector), "clip_count": 1, "audio_s": 3.0, "created_utc": "2025-01-01T00:00:00Z"}
+    data = {
+        "format": "voiceprint-enrollment",
+        "version": 1,
+        "name": speaker,
+        "model_id": "m",
+        "embedding": list(vector),
+        "clip_count": 1,
+        "audio_s": 3.0,
+        "created_utc": "2025-01-01T00:00:00Z",
+    }
     data.update(changes or {})
     store.root.mkdir(parents=True, exist_ok=True)
     path = store.path_for(speaker)

@@ -93,6 +93,26 @@ class WhisperTranscriber:
         self.transcribe_text(np.zeros(16000, dtype=np.float32))
 
 
+class CachingExecutor:
+    """RealtimeSTT's final transcription, answered from the speculative one when it covers the same speech.
+
+    `lookup()` returns the text already transcribed for the utterance RealtimeSTT has just closed,
+    or None; only then does the model run again.
+    """
+
+    def __init__(self, transcriber: WhisperTranscriber, lookup: Callable[[], str | None]) -> None:
+        self._transcriber = transcriber
+        self._lookup = lookup
+
+    def transcribe(self, audio, language=None, use_prompt=True, **options):
+        from RealtimeSTT.transcription_engines.base import TranscriptionResult
+
+        cached = self._lookup()
+        if cached is not None:
+            return TranscriptionResult(text=cached)
+        return self._transcriber.transcribe(audio, language=language, use_prompt=use_prompt, **options)
+
+
 @dataclass(frozen=True)
 class RecognizerCallbacks:
     """RealtimeSTT callbacks; each runs on a RealtimeSTT thread and must return quickly."""
@@ -111,7 +131,8 @@ class SpeechRecognizer:
         self._recorder = recorder
 
     @classmethod
-    def create(cls, config: ASRConfig, transcriber: WhisperTranscriber, callbacks: RecognizerCallbacks):
+    def create(cls, config: ASRConfig, transcriber, callbacks: RecognizerCallbacks):
+        """`transcriber`: anything with RealtimeSTT's executor `transcribe()` (WhisperTranscriber, CachingExecutor)."""
         from RealtimeSTT import AudioToTextRecorder
 
         recorder = AudioToTextRecorder(

@@ -38,9 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Speaker enrollment, verification and voice comparison (GE2E embeddings, offline).",
         epilog="Exit status: 0 ok/accepted, 1 rejected (verify), 2 error.",
     )
-    parser.add_argument("--store", type=Path, metavar="DIR",
-                        help="enrollment directory (default: $XDG_DATA_HOME/voice-assistant/voiceprints)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and timings to stderr")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        metavar="DIR",
+        help="enrollment directory (default: $XDG_DATA_HOME/voice-assistant/voiceprints)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     enroll_cmd = commands.add_parser("enroll", help="make a voiceprint from WAV files or the microphone")
@@ -57,16 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--wav", type=Path, metavar="WAV")
     source.add_argument("--mic", action="store_true", help="record from the default microphone")
     verify_cmd.add_argument("--seconds", type=float, default=4.0, help="microphone recording length (default 4)")
-    verify_cmd.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                            help=f"accept at or above this score (default {DEFAULT_THRESHOLD})")
+    verify_cmd.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"accept at or above this score (default {DEFAULT_THRESHOLD})",
+    )
 
     compare_cmd = commands.add_parser("compare", help="similarity of two voices")
     compare_cmd.add_argument("a", type=Path, metavar="A.wav")
     compare_cmd.add_argument("b", type=Path, nargs="?", metavar="B.wav")
     compare_cmd.add_argument("--piper", type=Path, metavar="MODEL.onnx", help="synthesize B with this Piper voice")
     compare_cmd.add_argument("--text", default=DEFAULT_PIPER_TEXT, help="what the Piper voice says")
-    compare_cmd.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                             help=f"score above which the voices count as alike (default {DEFAULT_THRESHOLD})")
+    compare_cmd.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"score at or above which the voices count as alike (default {DEFAULT_THRESHOLD})",
+    )
 
     commands.add_parser("list", help="list enrolled speakers")
     delete_cmd = commands.add_parser("delete", help="remove an enrollment")
@@ -77,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr
+    )
     if args.command == "compare" and (args.b is None) == (args.piper is None):
         parser.error("compare needs either B.wav or --piper MODEL.onnx")
     store = EnrollmentStore(args.store)

@@ -62,11 +62,17 @@ class SpeakerEncoder:
 
         try:
             checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
-            state = checkpoint["model_state"] if isinstance(checkpoint, dict) and "model_state" in checkpoint else checkpoint
+            state = (
+                checkpoint["model_state"]
+                if isinstance(checkpoint, dict) and "model_state" in checkpoint
+                else checkpoint
+            )
             network = _build_network(torch)
             network.load_state_dict({k: v for k, v in state.items() if k.startswith(("lstm.", "linear."))}, strict=True)
         except Exception as exc:  # torch raises many unrelated types for a bad checkpoint
-            raise ModelError(f"speaker-encoder weights {path} could not be loaded: {str(exc).splitlines()[0][:200]}") from None
+            raise ModelError(
+                f"speaker-encoder weights {path} could not be loaded: {str(exc).splitlines()[0][:200]}"
+            ) from None
         network.eval()
         for parameter in network.parameters():
             parameter.requires_grad_(False)

@@ -77,7 +77,8 @@ def validate_name(name: str) -> str:
     """`name` if it is a safe speaker name; InvalidNameError otherwise (no paths, no dot files)."""
     if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
         raise InvalidNameError(
-            f"invalid speaker name {name!r}: use 1 to 64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+            f"invalid speaker name {name!r}: use 1 to 64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
         )
     return name
 
@@ -159,7 +160,9 @@ class EnrollmentStore:
         """Write `enrollment` (0600, directory 0700); EnrollmentExistsError if present and not `overwrite`."""
         path = self.path_for(enrollment.name)
         if path.exists() and not overwrite:
-            raise EnrollmentExistsError(f"speaker {enrollment.name!r} is already enrolled: delete it or replace it (--force)")
+            raise EnrollmentExistsError(
+                f"speaker {enrollment.name!r} is already enrolled: delete it or replace it (--force)"
+            )
         text = json.dumps(to_json(enrollment), indent=1) + "\n"
         try:
             self._make_root()

@@ -64,8 +64,7 @@ def prepare(audio: np.ndarray, sample_rate_hz: int, min_speech_s: float = MIN_SP
     if speech_s < min_speech_s:
         total_s = len(samples) / SAMPLE_RATE_HZ
         raise AudioTooShortError(
-            f"only {speech_s:.1f} s of speech in {total_s:.1f} s of audio; "
-            f"at least {min_speech_s:.1f} s is needed"
+            f"only {speech_s:.1f} s of speech in {total_s:.1f} s of audio; at least {min_speech_s:.1f} s is needed"
         )
     return speech
 
@@ -93,7 +92,10 @@ def trim_long_silences(samples: np.ndarray) -> np.ndarray:
     vad = webrtcvad.Vad(3)  # one per call: a Vad object keeps state and is not shared
     window_bytes = _VAD_WINDOW_SAMPLES * 2
     flags = np.array(
-        [vad.is_speech(pcm[start : start + window_bytes], SAMPLE_RATE_HZ) for start in range(0, len(pcm), window_bytes)],
+        [
+            vad.is_speech(pcm[start : start + window_bytes], SAMPLE_RATE_HZ)
+            for start in range(0, len(pcm), window_bytes)
+        ],
         dtype=np.float64,
     )
     width = _VAD_SMOOTHING_WINDOWS

@@ -1,0 +1,66 @@
+"""UtteranceTracker: onsets, barge-in length, speculative snapshots and end of turn, fed with arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voice_assistant.endpointing import CHUNK_S, Endpoint, PauseSnapshot, SpeechLong, SpeechStart, UtteranceTracker
+
+SPEECH = np.full(512, 0.5, dtype=np.float32)
+SILENCE = np.zeros(512, dtype=np.float32)
+
+
+def run(tracker: UtteranceTracker, pattern: str, t0: float = 100.0):
+    """Feed 's' (speech) and '.' (silence) chunks; return [(chunk index, event)]."""
+    events, t = [], t0
+    for index, symbol in enumerate(pattern):
+        t += CHUNK_S
+        for event in tracker.push(SPEECH if symbol == "s" else SILENCE, symbol == "s", t):
+            events.append((index, event))
+    return events
+
+
+def kinds(events):
+    return [(index, type(event).__name__) for index, event in events]
+
+
+def test_utterance_events_in_order():
+    tracker = UtteranceTracker(min_speech_ms=200, speculate_after_ms=96, end_of_speech_ms=450)
+    events = run(tracker, "." * 3 + "s" * 10 + "." * 15)
+    assert kinds(events) == [(3, "SpeechStart"), (9, "SpeechLong"), (15, "PauseSnapshot"), (27, "Endpoint")]
+    snapshot = events[2][1]
+    assert snapshot.speech_s == pytest.approx(10 * CHUNK_S)
+    assert len(snapshot.audio) == 512 * (3 + 10 + 3)  # 300 ms pre-roll (3 chunks here) + speech + pause
+    assert events[3][1].speech_end_t == snapshot.speech_end_t == pytest.approx(100.0 + 13 * CHUNK_S)
+
+
+def test_cough_is_not_long_and_not_transcribed():
+    tracker = UtteranceTracker(min_speech_ms=200, min_utterance_ms=250)
+    events = run(tracker, "sss" + "." * 16)  # 96 ms
+    assert kinds(events) == [(0, "SpeechStart"), (17, "Endpoint")]
+
+
+def test_short_pause_resumes_the_same_utterance_with_a_new_snapshot():
+    tracker = UtteranceTracker(speculate_after_ms=96, end_of_speech_ms=450)
+    events = run(tracker, "s" * 10 + "." * 5 + "s" * 10 + "." * 15)
+    snapshots = [e for _, e in events if isinstance(e, PauseSnapshot)]
+    starts = [e for _, e in events if isinstance(e, SpeechStart)]
+    assert len(snapshots) == 2 and len(starts) == 2
+    assert len(snapshots[1].audio) > len(snapshots[0].audio)  # the second covers the whole utterance
+    assert sum(isinstance(e, Endpoint) for _, e in events) == 1
+
+
+def test_one_long_event_per_run_and_runs_split_by_100_ms_gaps():
+    tracker = UtteranceTracker(min_speech_ms=200)
+    events = run(tracker, "s" * 8 + ".." + "s" * 8 + "...." + "s" * 8)
+    names = [(i, type(e).__name__) for i, e in events if isinstance(e, (SpeechStart, SpeechLong))]
+    assert names == [(0, "SpeechStart"), (6, "SpeechLong"), (22, "SpeechStart"), (28, "SpeechLong")]
+    # a 64 ms gap does not end the run (no second start); a 128 ms gap does
+    starts = [i for i, e in events if isinstance(e, SpeechStart)]
+    assert starts == [0, 22]
+
+
+def test_speculation_off():
+    tracker = UtteranceTracker(speculate_after_ms=0)
+    assert not [e for _, e in run(tracker, "s" * 10 + "." * 20) if isinstance(e, PauseSnapshot)]

@@ -1,0 +1,120 @@
+"""Utterance tracking on VAD decisions: speech onsets, long-enough speech, pauses and end of turn.
+
+`UtteranceTracker.push()` takes each 32 ms chunk with the VAD's verdict and returns what
+happened, as small events. It keeps a ring of recent audio so that, once the user has paused
+for `speculate_after_ms`, the whole utterance (with a pre-roll) can be transcribed while the
+end-of-turn silence is still running. Pure bookkeeping: one caller (the audio-in thread), no
+threads, no clocks of its own (times come with the chunks), so it is tested by feeding arrays.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+
+CHUNK_S = 512 / 16000
+RUN_GAP_S = 0.1  # a silence this long ends a speech run
+
+
+@dataclass(frozen=True)
+class SpeechStart:
+    """A speech run began (after at least RUN_GAP_S of silence)."""
+
+    onset_t: float  # monotonic time of the first speech sample
+
+
+@dataclass(frozen=True)
+class SpeechLong:
+    """The current speech run has lasted `min_speech_ms`: long enough to interrupt. Once per run."""
+
+    onset_t: float
+    decision_t: float
+
+
+@dataclass(frozen=True)
+class PauseSnapshot:
+    """The user paused for `speculate_after_ms`: the utterance so far, to transcribe speculatively."""
+
+    speech_end_t: float  # end of the last speech chunk; identifies the utterance version
+    audio: np.ndarray  # float32 16 kHz, from the utterance onset minus the pre-roll until now
+    speech_s: float  # seconds of speech in the utterance
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Silence reached `end_of_speech_ms`: the user's turn is over."""
+
+    speech_end_t: float
+    speech_s: float
+
+
+class UtteranceTracker:
+    """VAD verdicts in, utterance events out (see the module docstring)."""
+
+    def __init__(
+        self,
+        min_speech_ms: int = 200,
+        speculate_after_ms: int = 96,
+        end_of_speech_ms: int = 450,
+        min_utterance_ms: int = 250,
+        preroll_ms: int = 300,
+        max_utterance_s: float = 30.0,
+    ) -> None:
+        self.min_speech_s = min_speech_ms / 1000.0
+        self.speculate_after_s = speculate_after_ms / 1000.0
+        self.end_of_speech_s = end_of_speech_ms / 1000.0
+        self.min_utterance_s = min_utterance_ms / 1000.0
+        self.preroll_s = preroll_ms / 1000.0
+        self._ring: collections.deque = collections.deque(maxlen=int((max_utterance_s + self.preroll_s) / CHUNK_S))
+        self.last_speech_end_t = 0.0
+        self._run_start_t = 0.0  # 0 when not in a speech run
+        self._long_sent = False
+        self._utterance_start_t = 0.0  # 0 when no utterance is open
+        self._utterance_speech_s = 0.0
+        self._snapshot_for = 0.0
+
+    @property
+    def in_utterance(self) -> bool:
+        return bool(self._utterance_start_t)
+
+    def push(self, chunk: np.ndarray, is_speech: bool, end_t: float) -> list:
+        self._ring.append((end_t, chunk))
+        events: list = []
+        if is_speech:
+            if not self._run_start_t:
+                self._run_start_t = end_t - CHUNK_S
+                self._long_sent = False
+                events.append(SpeechStart(self._run_start_t))
+                if not self._utterance_start_t:
+                    self._utterance_start_t = self._run_start_t
+                    self._utterance_speech_s = 0.0
+            self._utterance_speech_s += CHUNK_S
+            self.last_speech_end_t = end_t
+            if not self._long_sent and end_t - self._run_start_t >= self.min_speech_s - 1e-9:
+                self._long_sent = True
+                events.append(SpeechLong(self._run_start_t, end_t))
+            return events
+        silence_s = end_t - self.last_speech_end_t
+        if self._run_start_t and silence_s >= RUN_GAP_S - 1e-9:
+            self._run_start_t = 0.0
+        if not self._utterance_start_t:
+            return events
+        if (
+            self.speculate_after_s > 0
+            and silence_s >= self.speculate_after_s - 1e-9
+            and self._snapshot_for != self.last_speech_end_t
+            and self._utterance_speech_s >= self.min_utterance_s - 1e-9
+        ):
+            self._snapshot_for = self.last_speech_end_t
+            events.append(PauseSnapshot(self.last_speech_end_t, self._audio_since(self._utterance_start_t - self.preroll_s),
+                                        self._utterance_speech_s))  # fmt: skip
+        if silence_s >= self.end_of_speech_s - 1e-9:
+            events.append(Endpoint(self.last_speech_end_t, self._utterance_speech_s))
+            self._utterance_start_t = 0.0
+        return events
+
+    def _audio_since(self, start_t: float) -> np.ndarray:
+        chunks = [chunk for end_t, chunk in self._ring if end_t - CHUNK_S >= start_t - 1e-9]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
