@@ -110,6 +110,9 @@ class ActiveTurn:
     held: list = field(default_factory=list)  # audio items of a tentative turn, played on promotion
     prompt: str = ""
     llm: dict = field(default_factory=dict)
+    llm_start_t: float = 0.0  # prompt building began
+    first_token_t: float = 0.0
+    endpoint_t: float = 0.0  # a speculative turn was released for playback
 
     def heard_text(self) -> str:
         """What the user heard: whole sentences, then the played share of the current one's words."""
@@ -371,6 +374,7 @@ class VoiceConversationSystem:
             if self._active is not turn or not turn.tentative:
                 return
             turn.tentative = False
+            turn.endpoint_t = time.monotonic()
             held, turn.held = turn.held, []
             for item in held:
                 self.sink.put(item)
@@ -498,6 +502,15 @@ class VoiceConversationSystem:
             "voice_to_voice_ms": ms(turn.speech_end_t, turn.first_audio_t),
             "speculative": turn.speculative,
             "first_audio_s": round(turn.first_audio_t - self.t0, 3) if turn.first_audio_t else None,
+            "timeline_ms": {  # each event relative to the end of the user's speech
+                "transcript": ms(turn.speech_end_t, turn.text_t),
+                "llm_request": ms(turn.speech_end_t, turn.llm_start_t),
+                "first_token": ms(turn.speech_end_t, turn.first_token_t),
+                "first_sentence": ms(turn.speech_end_t, turn.first_sentence_t),
+                "first_audio_ready": ms(turn.speech_end_t, turn.first_audio_ready_t),
+                "end_of_turn": ms(turn.speech_end_t, turn.endpoint_t or turn.text_t),
+                "first_audio_played": ms(turn.speech_end_t, turn.first_audio_t),
+            },
         }
         self.turn_metrics.append(metrics)
         self.metrics.add(metrics)
@@ -624,6 +637,7 @@ class VoiceConversationSystem:
         if not self.turns.is_current(turn.turn_id):
             return
         build_start = time.monotonic()
+        turn.llm_start_t = build_start
         try:
             turn.prompt = self.client.apply_template(self.history.messages(self.config.system_prompt, turn.user_text))
         except LLMError as exc:
@@ -683,6 +697,7 @@ class VoiceConversationSystem:
         finally:
             self._asr_paused.clear()
             turn.llm = llm_breakdown(build_start, build_end, stream.stats)
+            turn.first_token_t = turn.first_token_t or stream.stats.first_token_t
         if self.turns.is_current(turn.turn_id):
             turn.llm_done = True
             if index == start_index and not continuation:
