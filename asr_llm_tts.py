@@ -78,9 +78,10 @@ class AssistantConfig:
     resume_after_false_interruption: bool = True  # resume a reply cut off by sound without words
     vad_threshold: float = 0.5  # Silero speech probability that counts as speech
     end_of_speech_silence_ms: int = 450  # silence after speech that ends the user's turn
-    speculate_after_ms: int = 96  # transcribe and start answering after this much silence (0: off)
+    speculate_after_ms: int = 64  # transcribe and start answering after this much silence (0: off)
     min_utterance_ms: int = 250  # less speech than this is not transcribed speculatively
-    first_clause_min_words: int = 4  # first TTS chunk may end at a comma after this many words (0: off)
+    first_clause_min_words: int = 3  # first TTS chunk may end at a comma after this many words (0: off)
+    first_chunk_max_words: int = 8  # first TTS chunk is cut after this many words at most (0: off)
     block_ms: int = 20  # playback block length
 
 
@@ -94,6 +95,7 @@ class ActiveTurn:
     text_t: float  # monotonic time the final transcript was ready
     created_t: float = field(default_factory=time.monotonic)
     sentences: list[str] = field(default_factory=list)  # reply chunks generated so far
+    raw_text: str = ""  # visible reply text exactly as generated
     stream: CompletionStream | None = None
     first_sentence_t: float = 0.0
     first_audio_ready_t: float = 0.0
@@ -130,7 +132,18 @@ class ActiveTurn:
         return " ".join(parts).strip()
 
     def full_text(self) -> str:
-        return " ".join(self.sentences).strip()
+        """The whole reply, as generated when known (keeps llama-server's prompt cache matching)."""
+        if self.resumed_from or not self.raw_text.strip():
+            return " ".join(self.sentences).strip()
+        return self.raw_text.strip()
+
+
+def trim_leading_silence(audio: np.ndarray, rate_hz: int, threshold: float = 0.002, keep_ms: int = 5) -> np.ndarray:
+    """Drop the inaudible lead-in of a reply's first chunk: it only delays the first sound."""
+    loud = np.flatnonzero(np.abs(audio) > threshold)
+    if len(loud) == 0:
+        return audio
+    return audio[max(0, loud[0] - rate_hz * keep_ms // 1000) :]
 
 
 class VoiceConversationSystem:
@@ -406,6 +419,7 @@ class VoiceConversationSystem:
                 self._spec_done.wait(remaining)
             cache = self._spec_cache
             if cache is None or cache[0] != self.tracker.last_speech_end_t:
+                log.debug("final transcription not cached: transcribing again")
                 return None
             self._final_from_cache = True
             return cache[1]
@@ -669,7 +683,11 @@ class VoiceConversationSystem:
                 return
             turn.stream = stream
         think = ThinkFilter()
-        chunker = SentenceChunker(0 if (continuation or start_index) else self.config.first_clause_min_words)
+        first = not (continuation or start_index)
+        chunker = SentenceChunker(
+            self.config.first_clause_min_words if first else 0,
+            first_chunk_max_words=self.config.first_chunk_max_words if first else 0,
+        )
         index = start_index
         if continuation:
             chunker.feed(" ")  # the prompt ended mid-reply; keep words apart
@@ -681,7 +699,9 @@ class VoiceConversationSystem:
                 if not self.turns.is_current(turn.turn_id):
                     stream.abort()
                     break
-                for sentence in chunker.feed(think.feed(piece)):
+                visible = think.feed(piece)
+                turn.raw_text += visible
+                for sentence in chunker.feed(visible):
                     self._emit(turn, index, sentence)
                     index += 1
             else:
@@ -743,6 +763,8 @@ class VoiceConversationSystem:
         audio = self.synthesizer.synthesize_all(text)
         if not self.turns.is_current(item.turn_id) or len(audio) == 0:
             return
+        if item.index == 0:
+            audio = trim_leading_silence(audio, self.synthesizer.sample_rate_hz)
         with self._lock:
             turn = self._active
             if turn is not None and turn.turn_id == item.turn_id and not turn.first_audio_ready_t:
@@ -863,6 +885,7 @@ def assistant_config_from_args(args) -> AssistantConfig:
         barge_in_min_speech_ms=args.barge_in_min_speech_ms,
         resume_after_false_interruption=args.resume_after_false_interruption,
         first_clause_min_words=args.first_clause_min_words,
+        first_chunk_max_words=args.first_chunk_max_words,
         block_ms=args.block_ms,
         end_of_speech_silence_ms=args.end_of_speech_silence_ms,
         speculate_after_ms=args.speculate_after_ms,
@@ -1101,16 +1124,18 @@ def parse_args(argv=None):
     p.add_argument("--metrics-json", help="write per-turn timings to this JSON file")
     p.add_argument("--server-log", help="llama-server log file (default: ~/.local/state/voice-assistant/)")
     p.add_argument("--llm-threads", type=positive_int, default=1, help="llama-server generation threads (-t)")
-    p.add_argument("--llm-batch-threads", type=positive_int, default=1, help="llama-server prompt threads (-tb)")
+    p.add_argument("--llm-batch-threads", type=positive_int, default=2, help="llama-server prompt threads (-tb)")
     p.add_argument("--llm-context", type=positive_int, default=4096, help="context tokens per server slot")
     p.add_argument("--asr-threads", type=positive_int, default=2, help="CTranslate2 threads for faster-whisper")
     p.add_argument("--tts-threads", type=positive_int, default=1, help="onnxruntime threads for Piper")
     p.add_argument("--max-reply-tokens", type=positive_int, default=96, help="longest reply, in tokens")
     p.add_argument("--end-of-speech-silence-ms", type=positive_int, default=450, help="silence that ends an utterance")
-    p.add_argument("--speculate-after-ms", type=non_negative_int, default=96,
+    p.add_argument("--speculate-after-ms", type=non_negative_int, default=64,
                    help="transcribe and start answering after this much silence, before the turn ends (0: off)")
     p.add_argument("--block-ms", type=positive_int, default=20, choices=[10, 20, 30, 40], help="playback block")
-    p.add_argument("--first-clause-min-words", type=non_negative_int, default=4,
+    p.add_argument("--first-chunk-max-words", type=non_negative_int, default=8,
+                   help="first spoken chunk is cut after this many words if no punctuation comes first (0: off)")
+    p.add_argument("--first-clause-min-words", type=non_negative_int, default=3,
                    help="first spoken chunk may end at a comma after this many words (0: whole sentences)")
     p.add_argument("--use-http2", action=toggle, default=False, help="HTTP/2 for the line reader")
     p.add_argument("--use-raw-stream", action=toggle, default=True, help="raw-byte SSE reader")

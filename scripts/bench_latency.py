@@ -49,8 +49,8 @@ QUESTIONS = [
     "How many hours are in a day?", "What is the tallest mountain?",
 ]  # fmt: skip
 SILENCE = 0.01
-GAP_S = 7.0
-MAX_TOKENS = 40
+GAP_S = 9.0
+MAX_TOKENS = 32
 
 
 def first_sound_after(out: np.ndarray, rate: int, t: float, limit_s: float) -> float | None:

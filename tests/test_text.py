@@ -317,3 +317,15 @@ def test_property_chunker_keeps_every_word_with_max_chars(text: str, cuts: list[
     chunks = chunk(split_at(text, cuts), max_chars=max_chars)
     assert " ".join(" ".join(chunks).split()) == " ".join(text.split())
     assert [w for c in chunks for w in words_in(c)] == text.split()
+
+
+def test_first_chunk_is_cut_after_max_words_however_fed():
+    text = "Bees make honey and they also build wax combs for their young ones. Then more."
+    expected = ["Bees make honey and they also build", "wax combs for their young ones.", "Then more."]
+    whole = SentenceChunker(first_chunk_max_words=7)
+    assert whole.feed(text) + whole.flush() == expected
+    pieces = SentenceChunker(first_chunk_max_words=7)
+    chunks = []
+    for ch in text:
+        chunks += pieces.feed(ch)
+    assert chunks + pieces.flush() == expected

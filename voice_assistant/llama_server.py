@@ -24,7 +24,7 @@ class ServerConfig:
     binary: Path  # llama-server executable
     model: Path  # GGUF file to load
     threads: int = 1  # generation threads (-t)
-    batch_threads: int = 1  # prompt-processing threads (-tb)
+    batch_threads: int = 2  # prompt-processing threads (-tb)
     context_tokens: int = 4096  # context size per slot
     slots: int = 2  # slot 0 for the conversation, slot 1 for background summaries
     log_path: Path | None = None  # where the server's output goes (kept after exit)

@@ -67,12 +67,14 @@ class SentenceChunker:
 
     A sentence ends at . ! ? or … followed by whitespace (so "3.14" and "e.g. this" do not split)
     or at a newline. The first chunk may end at a clause mark (, ; : —) once it has
-    `first_clause_min_words` words, so speech can start sooner. A chunk with no boundary is cut
-    at a space after `max_chars`.
+    `first_clause_min_words` words, and is cut after `first_chunk_max_words` words when no mark
+    comes sooner, so speech can start sooner. A chunk with no boundary is cut at a space after
+    `max_chars`.
     """
 
-    def __init__(self, first_clause_min_words: int = 0, max_chars: int = 250) -> None:
+    def __init__(self, first_clause_min_words: int = 0, max_chars: int = 250, first_chunk_max_words: int = 0) -> None:
         self.first_clause_min_words = first_clause_min_words
+        self.first_chunk_max_words = first_chunk_max_words
         self.max_chars = max_chars
         self._buffer = ""
         self._emitted = 0
@@ -102,7 +104,14 @@ class SentenceChunker:
     def _find_cut(self) -> int | None:
         text = self._buffer
         allow_clause = self._emitted == 0 and self.first_clause_min_words > 0
+        word_limit = None  # end of the first chunk's last allowed word, once the next word has begun
+        if self._emitted == 0 and self.first_chunk_max_words > 0:
+            words = list(_WORD.finditer(text))
+            if len(words) > self.first_chunk_max_words:
+                word_limit = words[self.first_chunk_max_words - 1].end()
         for i, ch in enumerate(text):
+            if word_limit is not None and i >= word_limit:
+                return word_limit
             if i >= self.max_chars:
                 break  # no boundary early enough: cut at a space below
             if ch == "\n":
@@ -125,6 +134,8 @@ class SentenceChunker:
             if is_clause and len(text[:i].split()) < self.first_clause_min_words:
                 continue
             return j
+        if word_limit is not None:
+            return word_limit
         if len(text) > self.max_chars:
             spaces = [m.end() for m in _WHITESPACE.finditer(text, 0, self.max_chars) if m.start() > 0]
             return spaces[-1] if spaces else self.max_chars
@@ -140,6 +151,7 @@ def _is_abbreviation(text_with_dot: str) -> bool:
 
 
 _WHITESPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\S+")
 _MARKDOWN = re.compile(r"[*_#`~|>]+|\[(?P<label>[^\]]*)\]\([^)]*\)")
 _SPACES = re.compile(r"\s+")
 
