@@ -40,7 +40,7 @@ from voice_assistant.audio_io import (
     split_blocks,
 )
 from voice_assistant.endpointing import Endpoint, PauseSnapshot, SpeechLong, SpeechStart, UtteranceTracker
-from voice_assistant.errors import LLMError, SetupError, VoiceAssistantError
+from voice_assistant.errors import LLMError, LLMProtocolError, SetupError, VoiceAssistantError
 from voice_assistant.history import Exchange, History, summary_prompt_messages
 from voice_assistant.llm_client import CompletionStream, LlamaClient
 from voice_assistant.metrics import MetricsFile, TranscriptFile, format_turn, llm_breakdown, ms
@@ -55,6 +55,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "short, plain sentences without lists, markdown or emoji."
 )
 LLM_ERROR_REPLY = "Sorry, I could not get an answer from the language model."
+LLM_UNAVAILABLE_REPLY = "Sorry, the language model is not available right now. I am still listening."
 VAD_CHUNK_S = INPUT_CHUNK_SAMPLES / INPUT_RATE_HZ
 
 
@@ -162,6 +163,7 @@ class VoiceConversationSystem:
         metrics: MetricsFile | None = None,
         server=None,
         transcriber=None,
+        supervisor=None,
     ) -> None:
         self.config = config
         self.client = client
@@ -174,6 +176,7 @@ class VoiceConversationSystem:
         self.metrics = metrics or MetricsFile(None)
         self.server = server
         self.transcriber = transcriber  # for speculative transcription; None turns it off
+        self.supervisor = supervisor  # LLMSupervisor: restarts/awaits the LLM backend; None in unit tests
         self.turns = TurnCounter()
         self.history = History(config.history_trim_threshold)
         self.sink.listener = self._on_play
@@ -229,6 +232,10 @@ class VoiceConversationSystem:
             workers.append(("asr", self._run_asr))
         if self.transcriber is not None:
             workers.append(("spec-asr", self._run_spec_asr))
+        if self.supervisor is not None:
+            workers.append(("llm-monitor", lambda: self.supervisor.run(self._stopping)))
+        if hasattr(self.sink, "healthy") or hasattr(self.source, "healthy"):
+            workers.append(("device-monitor", self._run_device_monitor))
         for name, target in workers:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -237,10 +244,15 @@ class VoiceConversationSystem:
         if self.source is not None:
             self.source.start(self.on_audio, self.t0)
 
-    def close(self) -> None:
-        """Stop everything; idempotent; joins every thread with a time limit."""
+    def close(self, limit_s: float = 1.8) -> None:
+        """Stop everything within `limit_s`; idempotent; the transcript keeps every finished turn."""
         if self._closed:
             return
+        deadline = time.monotonic() + limit_s
+
+        def remaining() -> float:
+            return max(0.05, deadline - time.monotonic())
+
         self._closed = True
         self._stopping.set()
         if self.source is not None:
@@ -256,16 +268,16 @@ class VoiceConversationSystem:
         if self.recognizer is not None:
             stopper = threading.Thread(target=self.recognizer.shutdown, name="asr-shutdown", daemon=True)
             stopper.start()
-            stopper.join(timeout=2.0)
+            stopper.join(timeout=remaining() / 2)
         for thread in self._threads:
-            thread.join(timeout=2.0)
+            thread.join(timeout=remaining() / 2)
         if self._summary_thread is not None:
-            self._summary_thread.join(timeout=2.0)
+            self._summary_thread.join(timeout=remaining() / 2)
         self.sink.close()
         self.client.close()
         self.transcript.close()
         if self.server is not None:
-            self.server.stop()
+            self.server.stop(timeout_s=remaining())
 
     def is_idle(self) -> bool:
         """Nothing heard, recognized, generated, synthesized or played is pending."""
@@ -302,6 +314,28 @@ class VoiceConversationSystem:
             if now > deadline:
                 log.warning("assistant still busy %.0f s after the input ended; stopping", tail_limit_s)
                 return
+
+    def _run_device_monitor(self, poll_s: float = 1.0, retry_s: float = 2.0) -> None:
+        """device-monitor thread: report a vanished audio device in one line, reopen it when it returns."""
+        broken: dict[str, float] = {}
+        while not self._stopping.wait(poll_s):
+            for name, device in (("output", self.sink), ("input", self.source)):
+                if device is None or not hasattr(device, "healthy") or device.healthy():
+                    continue
+                now = time.monotonic()
+                if name not in broken:
+                    log.error("audio %s device stopped (%s); retrying every %.0f s", name, device.error, retry_s)
+                    broken[name] = 0.0
+                if now < broken[name]:
+                    continue
+                broken[name] = now + retry_s
+                try:
+                    device.reopen()
+                except SetupError as exc:
+                    log.debug("audio %s device still unavailable: %s", name, exc)
+                    continue
+                del broken[name]
+                log.warning("audio %s device is back", name)
 
     # ------------------------------------------------------------------ audio in
 
@@ -650,6 +684,9 @@ class VoiceConversationSystem:
     def _respond(self, turn: ActiveTurn) -> None:
         if not self.turns.is_current(turn.turn_id):
             return
+        if self.supervisor is not None and not self.supervisor.available:
+            self._emit_error_reply(turn, LLM_UNAVAILABLE_REPLY)
+            return
         build_start = time.monotonic()
         turn.llm_start_t = build_start
         try:
@@ -657,6 +694,7 @@ class VoiceConversationSystem:
         except LLMError as exc:
             log.error("language model unavailable: %s", exc)
             self._emit_error_reply(turn)
+            self._report_llm_failure(exc)
             return
         build_end = time.monotonic()
         self._stream_reply(turn, turn.prompt, build_start, build_end, start_index=0)
@@ -699,6 +737,9 @@ class VoiceConversationSystem:
                 if not self.turns.is_current(turn.turn_id):
                     stream.abort()
                     break
+                if stream.stats.tokens > self.config.max_reply_tokens + 16:
+                    stream.abort()  # the server ignores n_predict: do not stream for ever
+                    raise LLMProtocolError(f"llama-server kept streaming past {self.config.max_reply_tokens} tokens")
                 visible = think.feed(piece)
                 turn.raw_text += visible
                 for sentence in chunker.feed(visible):
@@ -711,9 +752,9 @@ class VoiceConversationSystem:
                         index += 1
         except LLMError as exc:
             log.error("turn %d: %s", turn.turn_id, exc)
-            if index == start_index:
-                self._emit_error_reply(turn)
-                return
+            self._emit_error_reply(turn)
+            self._report_llm_failure(exc)
+            return
         finally:
             self._asr_paused.clear()
             turn.llm = llm_breakdown(build_start, build_end, stream.stats)
@@ -734,10 +775,15 @@ class VoiceConversationSystem:
                 turn.first_sentence_t = time.monotonic()
         self._tts_queue.put(SentenceItem(turn.turn_id, index, text))
 
-    def _emit_error_reply(self, turn: ActiveTurn) -> None:
-        self._emit(turn, len(turn.sentences), LLM_ERROR_REPLY)
+    def _emit_error_reply(self, turn: ActiveTurn, text: str = LLM_ERROR_REPLY) -> None:
+        """End the turn with a short spoken apology (after whatever was already said)."""
+        self._emit(turn, len(turn.sentences), text)
         turn.llm_done = True
         self._tts_queue.put(EndOfText(turn.turn_id))
+
+    def _report_llm_failure(self, exc: LLMError) -> None:
+        if self.supervisor is not None:
+            self.supervisor.report_failure(exc)
 
     # ------------------------------------------------------------------ TTS thread
 
@@ -914,7 +960,7 @@ def start_llm(args):
             )
         )
         url = server.start()
-    client = LlamaClient(url, use_raw_stream=args.use_raw_stream, use_http2=args.use_http2)
+    client = LlamaClient(url, use_raw_stream=args.use_raw_stream, use_http2=args.use_http2, read_timeout_s=args.llm_timeout_s)
     ready, detail = client.health()
     if not ready:
         if server is not None:
@@ -934,6 +980,7 @@ def build_system(args) -> VoiceConversationSystem:
         find_device,
     )
     from voice_assistant.models import default_tts_model
+    from voice_assistant.supervisor import LLMSupervisor
     from voice_assistant.tts import PiperSynthesizer
     from voice_assistant.vad import SileroVAD
 
@@ -965,6 +1012,7 @@ def build_system(args) -> VoiceConversationSystem:
         system = VoiceConversationSystem(
             config, client, synthesizer, sink, source, vad, None, transcript, metrics, server,
             transcriber=transcriber if config.speculate_after_ms > 0 else None,
+            supervisor=LLMSupervisor(client, server),
         )  # fmt: skip
         synthesizer.warm_up()
         transcriber.warm_up()
@@ -1125,6 +1173,8 @@ def parse_args(argv=None):
     p.add_argument("--server-log", help="llama-server log file (default: ~/.local/state/voice-assistant/)")
     p.add_argument("--llm-threads", type=positive_int, default=1, help="llama-server generation threads (-t)")
     p.add_argument("--llm-batch-threads", type=positive_int, default=2, help="llama-server prompt threads (-tb)")
+    p.add_argument("--llm-timeout-s", type=positive_int, default=20,
+                   help="a reply stream silent this long counts as a hung server")
     p.add_argument("--llm-context", type=positive_int, default=4096, help="context tokens per server slot")
     p.add_argument("--asr-threads", type=positive_int, default=2, help="CTranslate2 threads for faster-whisper")
     p.add_argument("--tts-threads", type=positive_int, default=1, help="onnxruntime threads for Piper")

@@ -98,7 +98,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, fake: "FakeLlamaServer") -> None:
         self.fake = fake
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", fake.port), _Handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host name (socket.getfqdn), which can be slow.
@@ -277,7 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeLlamaServer:
     """See the module docstring. `url` is valid between `start()` and `stop()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port  # 0: a free port; set to come back on the same port after stop()
         self.health_status = 200
         self.template_status = 200
         self.template_prefix = ""
@@ -296,7 +297,9 @@ class FakeLlamaServer:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> "FakeLlamaServer":
+        self._stopping.clear()
         self._httpd = _HTTPServer(self)
+        self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-llama-server"
         )

@@ -216,6 +216,23 @@ class SpeakerSink(AudioSink):
         self.device = device
         self._stream = None
         self.latency_s = 0.0
+        self.underflows = 0
+        self.error = ""  # why the stream stopped, if it did
+
+    def healthy(self) -> bool:
+        """False once PortAudio stopped the stream (device unplugged, server gone)."""
+        stream = self._stream
+        return stream is not None and stream.active and not self.error
+
+    def reopen(self) -> None:
+        """Open the device again (device-monitor thread); AudioDeviceError if it is still gone."""
+        self.close()
+        self.error = ""
+        self.start(0.0)
+
+    def _finished(self) -> None:
+        if self._stream is not None and not self.error:
+            self.error = "the output stream ended"
 
     def start(self, t0: float) -> None:
         import sounddevice
@@ -224,14 +241,18 @@ class SpeakerSink(AudioSink):
             self._stream = sounddevice.OutputStream(
                 samplerate=self.sample_rate_hz, channels=1, dtype="float32", device=self.device,
                 blocksize=self.block_frames, latency="low", callback=self._callback,
+                finished_callback=self._finished,
             )  # fmt: skip
             self._stream.start()
         except Exception as exc:  # PortAudioError and friends
+            self._stream = None
             raise AudioDeviceError(f"cannot open the output device: {exc}") from None
         self.latency_s = float(self._stream.latency)
 
     def _callback(self, outdata, frames, time_info, status) -> None:
         """PortAudio's thread: fill one block; never blocks."""
+        if status.output_underflow:
+            self.underflows += 1
         play_t = time.monotonic() + max(0.0, time_info.outputBufferDacTime - time_info.currentTime)
         block = self._next_block(play_t) if frames == self.block_frames else None
         if block is None:
@@ -305,6 +326,8 @@ class WavFileSource(AudioSource):
 class MicrophoneSource(AudioSource):
     """PortAudio input at 16 kHz; the callback only queues, a worker thread calls the consumer."""
 
+    STALL_S = 2.0  # no audio for this long from an open stream means the device is gone
+
     def __init__(self, device: int | None) -> None:
         self.device = device
         self.exhausted = threading.Event()  # never set: a microphone does not run out
@@ -314,23 +337,57 @@ class MicrophoneSource(AudioSource):
         self._stop = threading.Event()
         self.latency_s = 0.0
         self.dropped_chunks = 0
+        self.error = ""
+        self._last_chunk_t = 0.0
 
-    def start(self, consumer: AudioConsumer, t0: float) -> None:
+    def healthy(self) -> bool:
+        stream = self._stream
+        if stream is None or not stream.active or self.error:
+            return False
+        if time.monotonic() - self._last_chunk_t > self.STALL_S:
+            self.error = f"no audio for {self.STALL_S:.0f} s"
+            return False
+        return True
+
+    def reopen(self) -> None:
+        """Open the device again (device-monitor thread); AudioDeviceError if it is still gone."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.abort()
+                stream.close()
+            except Exception:
+                pass
+        self.error = ""
+        self._open()
+
+    def _finished(self) -> None:
+        if self._stream is not None and not self.error:
+            self.error = "the input stream ended"
+
+    def _open(self) -> None:
         import sounddevice
 
         try:
-            self._stream = sounddevice.InputStream(
+            stream = sounddevice.InputStream(
                 samplerate=INPUT_RATE_HZ, channels=1, dtype="float32", device=self.device,
                 blocksize=INPUT_CHUNK_SAMPLES, latency="low", callback=self._callback,
+                finished_callback=self._finished,
             )  # fmt: skip
-            self._stream.start()
+            stream.start()
         except Exception as exc:
             raise AudioDeviceError(f"cannot open the input device: {exc}") from None
-        self.latency_s = float(self._stream.latency)
+        self._last_chunk_t = time.monotonic()
+        self._stream = stream
+        self.latency_s = float(stream.latency)
+
+    def start(self, consumer: AudioConsumer, t0: float) -> None:
+        self._open()
         self._thread = threading.Thread(target=self._run, args=(consumer,), name="mic-source", daemon=True)
         self._thread.start()
 
     def _callback(self, indata, frames, time_info, status) -> None:
+        self._last_chunk_t = time.monotonic()
         captured_t = time.monotonic() - max(0.0, time_info.currentTime - time_info.inputBufferAdcTime)
         try:
             self._queue.put_nowait((indata[:, 0].copy(), captured_t))

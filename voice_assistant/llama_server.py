@@ -92,6 +92,10 @@ class LlamaServerProcess:
                     raise SetupError(f"llama-server not ready after {c.startup_timeout_s:.0f} s; see {log_path}")
                 time.sleep(0.02)  # polling a child we do not control: no event to wait on
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

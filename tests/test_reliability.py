@@ -1,0 +1,253 @@
+"""Faults injected into a running conversation: the LLM backend dies, hangs, misbehaves or goes away.
+
+Fast tests use the fake llama-server; the `slow` ones kill and freeze a real llama-server child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from asr_llm_tts import LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY
+from fake_llama_server import FakeLlamaServer, Reply
+from test_system import Harness, wait_until
+from voice_assistant.supervisor import LLMSupervisor
+
+
+def with_supervisor(h: Harness, **kwargs) -> LLMSupervisor:
+    supervisor = LLMSupervisor(h.system.client, kwargs.pop("server", None), poll_s=0.05, **kwargs)
+    h.system.supervisor = supervisor
+    monitor = threading.Thread(target=supervisor.run, args=(h.system._stopping,), name="llm-monitor", daemon=True)
+    h.system._threads.append(monitor)
+    monitor.start()
+    return supervisor
+
+
+def answer(h: Harness, text: str) -> str:
+    """Ask, play the whole reply, return what was spoken last."""
+    turn = h.system.submit_user_text(text)
+    h.play_reply(turn)
+    h.wait_idle()
+    return h.synth.spoken[-1]
+
+
+def test_remote_server_going_away_and_coming_back():
+    server = FakeLlamaServer().start()
+    h = Harness(server)
+    try:
+        supervisor = with_supervisor(h)
+        server.script(Reply(pieces=["First answer."]))
+        assert answer(h, "one") == "First answer."
+        server.stop()
+        assert answer(h, "two") == LLM_ERROR_REPLY  # the request failed: a spoken apology
+        assert not supervisor.available
+        assert answer(h, "three") == LLM_UNAVAILABLE_REPLY  # known down: no wait for a connect timeout
+        server.start()  # same port
+        server.script(Reply(pieces=["Back again."]))
+        wait_until(lambda: supervisor.available)
+        assert answer(h, "four") == "Back again."
+        assert supervisor.recoveries == 1
+    finally:
+        h.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(pieces=["Fine so far. ", "more"], malformed_at=1),
+        Reply(pieces=["Fine so far. ", "more"], disconnect_at=1),
+        Reply(pieces=["Fine so far. ", "more"], error_event_at=1),
+    ],
+    ids=["malformed-event", "disconnect", "error-event"],
+)
+def test_broken_stream_mid_reply_apologizes_and_next_turn_works(reply):
+    with FakeLlamaServer() as server:
+        h = Harness(server)
+        try:
+            server.script(reply, Reply(pieces=["All good."]))
+            turn = h.system.submit_user_text("hello")
+            h.play_reply(turn)
+            h.wait_idle()
+            assert h.synth.spoken == ["Fine so far.", LLM_ERROR_REPLY]
+            assert answer(h, "again") == "All good."
+            assert h.system.history.exchanges()[0].assistant.startswith("Fine so far.")
+        finally:
+            h.close()
+
+
+def test_endless_stream_is_cut_off():
+    with FakeLlamaServer() as server:
+        h = Harness(server, max_reply_tokens=10)
+        try:
+            server.script(Reply(pieces=["Start."], endless=True, interval_s=0.001))
+            turn = h.system.submit_user_text("talk forever")
+            h.play_reply(turn)
+            assert server.wait_for_hangup()
+            assert h.synth.spoken[-1] == LLM_ERROR_REPLY
+            h.wait_idle()
+            assert h.system.turn_metrics[-1]["llm"]["generation_phase"]["tokens"] == 10 + 17
+        finally:
+            h.close()
+
+
+def test_http_error_then_recovery_without_restart():
+    with FakeLlamaServer() as server:
+        h = Harness(server)
+        try:
+            supervisor = with_supervisor(h)
+            server.script(Reply(status=503, error_message="loading model"), Reply(pieces=["Ready now."]))
+            assert answer(h, "hi") == LLM_ERROR_REPLY
+            assert supervisor.available  # /health still answers: no reason to call it down
+            assert answer(h, "hi again") == "Ready now."
+        finally:
+            h.close()
+
+
+# ---------------------------------------------------------------------- a real llama-server
+
+
+@pytest.fixture()
+def real_server(tmp_path):
+    from voice_assistant.llama_server import LlamaServerProcess, ServerConfig
+    from voice_assistant.models import default_llama_server, default_llm_gguf
+
+    server = LlamaServerProcess(
+        ServerConfig(default_llama_server(), default_llm_gguf(), log_path=tmp_path / "server.log")
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def real_harness(real_server, **config):
+    h = Harness.__new__(Harness)
+    fake = type("S", (), {"url": real_server.url})()
+    Harness.__init__(h, fake, **config)
+    h.system.client.read_timeout_s = 2.0
+    return h
+
+
+@pytest.mark.slow
+def test_server_killed_mid_reply_is_restarted(real_server):
+    h = real_harness(real_server, max_reply_tokens=120, system_prompt="Tell long stories.")
+    try:
+        supervisor = with_supervisor(h, server=real_server)
+        turn = h.system.submit_user_text("Tell me a long story about a cat.")
+        wait_until(lambda: len(h.synth.spoken) >= 1)
+        os.kill(real_server.pid, signal.SIGKILL)
+        h.play_reply(turn)
+        assert h.synth.spoken[-1] == LLM_ERROR_REPLY
+        wait_until(lambda: supervisor.restart_count == 1 and supervisor.available, timeout_s=30)
+        assert answer(h, "What is the capital of France?") not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
+    finally:
+        h.close()
+
+
+@pytest.mark.slow
+def test_hung_server_is_detected_and_restarted(real_server):
+    h = real_harness(real_server, max_reply_tokens=120, system_prompt="Tell long stories.")
+    try:
+        supervisor = with_supervisor(h, server=real_server)
+        turn = h.system.submit_user_text("Tell me a long story about a dog.")
+        wait_until(lambda: len(h.synth.spoken) >= 1)
+        os.kill(real_server.pid, signal.SIGSTOP)  # alive, but silent
+        h.play_reply(turn)  # the 2 s read timeout ends the turn with an apology
+        assert h.synth.spoken[-1] == LLM_ERROR_REPLY
+        wait_until(lambda: supervisor.restart_count == 1 and supervisor.available, timeout_s=30)
+        assert answer(h, "Say hello.") not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
+    finally:
+        h.close()
+
+
+@pytest.mark.slow
+def test_crash_loop_stops_restarting(real_server):
+    h = real_harness(real_server)
+    try:
+        supervisor = with_supervisor(h, server=real_server, max_restarts=2, window_s=60.0)
+        for expected in (1, 2):
+            os.kill(real_server.pid, signal.SIGKILL)
+            wait_until(lambda: supervisor.restart_count == expected and supervisor.available, timeout_s=30)
+        os.kill(real_server.pid, signal.SIGKILL)
+        wait_until(lambda: supervisor.gave_up, timeout_s=30)
+        assert not real_server.alive()
+        assert answer(h, "anyone there?") == LLM_UNAVAILABLE_REPLY
+        assert supervisor.restart_count == 2
+    finally:
+        h.close()
+
+
+class FakePortAudio:
+    """Stands in for sounddevice's stream classes: a device that can vanish and come back."""
+
+    def __init__(self) -> None:
+        self.present = True
+        self.opened = 0
+        self.streams: list = []
+
+    def stream_class(self):
+        fake = self
+
+        class FakeStream:
+            latency = 0.01
+
+            def __init__(self, **kwargs) -> None:
+                if not fake.present:
+                    raise RuntimeError("Error opening OutputStream: Device unavailable [PaErrorCode -9985]")
+                fake.opened += 1
+                fake.streams.append(self)
+                self.active = False
+                self.finished_callback = kwargs.get("finished_callback")
+
+            def start(self) -> None:
+                self.active = True
+
+            def die(self) -> None:
+                self.active = False
+                self.finished_callback()
+
+            def abort(self) -> None:
+                self.active = False
+
+            def close(self) -> None:
+                pass
+
+        return FakeStream
+
+
+def test_output_device_vanishing_is_reported_and_reopened(monkeypatch, caplog):
+    import sounddevice
+
+    from voice_assistant.audio_io import SpeakerSink
+
+    portaudio = FakePortAudio()
+    monkeypatch.setattr(sounddevice, "OutputStream", portaudio.stream_class())
+    with FakeLlamaServer() as server:
+        h = Harness(server)
+        sink = SpeakerSink(None, 1000, 20)
+        h.system.sink = sink
+        monitor = threading.Thread(
+            target=h.system._run_device_monitor, kwargs={"poll_s": 0.02, "retry_s": 0.05}, daemon=True
+        )
+        try:
+            sink.start(0.0)
+            monitor.start()
+            assert sink.healthy()
+            portaudio.present = False
+            portaudio.streams[-1].die()
+            wait_until(lambda: "audio output device stopped" in caplog.text)
+            assert "the output stream ended" in caplog.text
+            assert not sink.healthy()
+            portaudio.present = True
+            wait_until(lambda: "audio output device is back" in caplog.text)
+            assert sink.healthy() and portaudio.opened == 2
+            lines = [r for r in caplog.records if "audio output device stopped" in r.getMessage()]
+            assert len(lines) == 1  # one clear line, not one per retry
+        finally:
+            h.system._stopping.set()
+            monitor.join(timeout=2)
+            sink.close()
+            h.close()

@@ -1,0 +1,152 @@
+"""Keeps the language model reachable: restarts our own llama-server, waits out a remote one.
+
+`LLMSupervisor.run()` is the `llm-monitor` thread: once a second it checks that the child
+llama-server is alive, and while the server is marked down it polls `/health` with backoff.
+`report_failure()` is called by the LLM thread when a turn's request failed; it decides at once
+whether the server is down (dead child, failed health check, or a read timeout, which means a
+hang) so the next turn does not wait for a connect timeout. Restarts are bounded: more than
+`max_restarts` within `window_s` is a crash loop, and the supervisor stops restarting and says so
+instead of spinning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .errors import LLMConnectionError, LLMError, SetupError
+
+log = logging.getLogger(__name__)
+
+
+class LLMSupervisor:
+    """Health of the LLM backend. Thread-safe; `available` is cheap to read on every turn."""
+
+    def __init__(
+        self,
+        client,
+        server=None,
+        max_restarts: int = 3,
+        window_s: float = 60.0,
+        poll_s: float = 1.0,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.server = server  # LlamaServerProcess we own, or None for --llm-url
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.poll_s = poll_s
+        self.max_backoff_s = max_backoff_s
+        self._lock = threading.Lock()
+        self._restart_lock = threading.Lock()  # one restart at a time (LLM thread or monitor)
+        self._down = False
+        self._gave_up = False
+        self._restarts: list[float] = []
+        self._backoff_s = poll_s
+        self._next_check_t = 0.0
+        self.restart_count = 0
+        self.recoveries = 0
+
+    @property
+    def available(self) -> bool:
+        with self._lock:
+            return not self._down and not self._gave_up
+
+    @property
+    def gave_up(self) -> bool:
+        with self._lock:
+            return self._gave_up
+
+    def report_failure(self, error: LLMError) -> None:
+        """LLM thread: a request failed. Mark the backend down if it is, restart ours if needed."""
+        if self.server is not None:
+            hung = isinstance(error, LLMConnectionError) and "timed out" in str(error)
+            ready, _ = self.client.health(timeout_s=1.0)
+            if hung or not self.server.alive() or not ready:
+                reason = "stopped answering" if hung and self.server.alive() else "is not running"
+                self._restart(f"llama-server {reason} ({error})")
+            return
+        ready, detail = self.client.health(timeout_s=1.0)
+        if not ready:
+            self._mark_down(f"llama-server at {self.client.base_url} unreachable ({detail}); retrying")
+
+    def check(self) -> None:
+        """One monitor step (the monitor thread calls it every `poll_s`)."""
+        if self.server is not None:
+            if not self.server.alive() and not self.gave_up:
+                self._restart("llama-server exited")
+            return
+        with self._lock:
+            if not self._down or time.monotonic() < self._next_check_t:
+                return
+        ready, _ = self.client.health(timeout_s=1.0)
+        with self._lock:
+            if ready:
+                self._down = False
+                self._backoff_s = self.poll_s
+                self.recoveries += 1
+            else:
+                self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
+                self._next_check_t = time.monotonic() + self._backoff_s
+        if ready:
+            log.warning("llama-server at %s is reachable again", self.client.base_url)
+
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.wait(self.poll_s):
+            try:
+                self.check()
+            except Exception:  # the monitor must outlive any single failure
+                log.exception("LLM monitor step failed")
+
+    def _mark_down(self, message: str) -> None:
+        with self._lock:
+            if self._down:
+                return
+            self._down = True
+            self._backoff_s = self.poll_s
+            self._next_check_t = time.monotonic() + self._backoff_s
+        log.warning(message)
+
+    def _restart(self, reason: str) -> None:
+        with self._restart_lock:
+            if self.server.alive() and self.client.health(timeout_s=1.0)[0] and "stopped answering" not in reason:
+                return  # another thread restarted it meanwhile
+            self._restart_locked(reason)
+
+    def _restart_locked(self, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._gave_up:
+                return
+            self._restarts = [t for t in self._restarts if now - t < self.window_s]
+            if len(self._restarts) >= self.max_restarts:
+                self._gave_up = True
+                give_up = True
+            else:
+                self._restarts.append(now)
+                self._down = True
+                give_up = False
+                attempt = len(self._restarts)
+        if give_up:
+            log.error(
+                "llama-server crashed %d times in %.0f s; not restarting it again (see %s). "
+                "The assistant keeps listening but cannot answer.",
+                self.max_restarts, self.window_s, self.server.config.log_path,
+            )  # fmt: skip
+            self.server.stop()
+            return
+        delay = min(0.5 * 2 ** (attempt - 1), self.max_backoff_s)
+        log.warning("%s; restarting it in %.1f s (attempt %d of %d)", reason, delay, attempt, self.max_restarts)
+        time.sleep(delay)  # backoff before a restart: nothing to wait on but time
+        self.server.stop()
+        try:
+            url = self.server.start()
+        except SetupError as exc:
+            log.error("restarting llama-server failed: %s", exc)
+            return
+        self.client.base_url = url
+        with self._lock:
+            self._down = False
+            self.restart_count += 1
+        log.warning("llama-server restarted at %s", url)
