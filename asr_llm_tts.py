@@ -550,6 +550,7 @@ class VoiceConversationSystem:
             "voice_to_voice_ms": ms(turn.speech_end_t, turn.first_audio_t),
             "speculative": turn.speculative,
             "first_audio_s": round(turn.first_audio_t - self.t0, 3) if turn.first_audio_t else None,
+            "history_exchanges": len(self.history),
             "timeline_ms": {  # each event relative to the end of the user's speech
                 "transcript": ms(turn.speech_end_t, turn.text_t),
                 "llm_request": ms(turn.speech_end_t, turn.llm_start_t),
@@ -962,7 +963,15 @@ def start_llm(args):
         url = server.start()
     client = LlamaClient(url, use_raw_stream=args.use_raw_stream, use_http2=args.use_http2, read_timeout_s=args.llm_timeout_s)
     ready, detail = client.health()
+    deadline = time.monotonic() + (args.llm_wait_s if server is None else 0)
+    delay = 0.25
+    while not ready and time.monotonic() + delay < deadline:
+        log.warning("waiting for llama-server at %s (%s); retrying in %.1f s", url, detail, delay)
+        time.sleep(delay)  # backoff while a remote server starts: nothing to wait on but time
+        delay = min(delay * 2, 4.0)
+        ready, detail = client.health()
     if not ready:
+        client.close()
         if server is not None:
             server.stop()
         raise SetupError(f"llama-server at {url} is not reachable ({detail}); start it or drop --llm-url")
@@ -1173,6 +1182,8 @@ def parse_args(argv=None):
     p.add_argument("--server-log", help="llama-server log file (default: ~/.local/state/voice-assistant/)")
     p.add_argument("--llm-threads", type=positive_int, default=1, help="llama-server generation threads (-t)")
     p.add_argument("--llm-batch-threads", type=positive_int, default=2, help="llama-server prompt threads (-tb)")
+    p.add_argument("--llm-wait-s", type=non_negative_int, default=5,
+                   help="how long to wait for an --llm-url server that is not up yet at start")
     p.add_argument("--llm-timeout-s", type=positive_int, default=20,
                    help="a reply stream silent this long counts as a hung server")
     p.add_argument("--llm-context", type=positive_int, default=4096, help="context tokens per server slot")

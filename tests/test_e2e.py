@@ -120,3 +120,41 @@ def test_user_talks_over_the_answer(tmp_path):
     assert any(start > interruption_end for start, _ in sounds), "no answer to the interruption"
     lines = [json.loads(line) for line in (tmp_path / "transcript.jsonl").read_text().splitlines()]
     assert lines[0]["interrupted"] is True and lines[1]["interrupted"] is False
+
+
+def test_ctrl_c_mid_reply_stops_within_2_s_and_keeps_finished_turns(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    from test_live_pulse import LineReader
+
+    in_wav, _ = conversation(
+        [0.8, "What is the capital of France?", 9.0, "Tell me a long story about a dragon.", 25.0], tmp_path / "in.wav"
+    )
+    program = subprocess.Popen(
+        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--input-wav", str(in_wav), "--output-wav",
+         str(tmp_path / "out.wav"), "--transcript", str(tmp_path / "t.jsonl"), "--max-reply-tokens", "150",
+         "--server-log", str(tmp_path / "server.log"), "--system-prompt", "Tell long stories."],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )  # fmt: skip
+    reader = LineReader(program.stdout)
+    try:
+        reader.wait_for("turn ", 90)  # the first turn finished
+        reader.wait_for("You: ", 60)  # the second one is being answered
+        children = psutil.Process(program.pid).children(recursive=True)
+        started = time.monotonic()
+        program.send_signal(signal.SIGINT)
+        assert program.wait(timeout=10) == 0
+        elapsed = time.monotonic() - started
+    finally:
+        if program.poll() is None:
+            program.kill()
+        reader.join()
+    assert elapsed < 2.0, elapsed
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    lines = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert lines[0]["interrupted"] is False and "capital" in lines[0]["user"].lower()
+    assert soundfile.info(str(tmp_path / "out.wav")).duration > 5
+    assert not any("Traceback" in line for line in reader.seen)

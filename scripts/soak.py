@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Soak test: one process, many turns with barge-ins, in file mode with the real models.
+
+Builds an input WAV of N short questions, about a quarter of them asked while the previous answer
+is still playing (barge-ins), runs `asr_llm_tts.py` on it, and samples the program's resident
+memory and thread count once a second. Prints turns, barge-ins, memory growth and thread counts,
+and checks that every finished turn is in the transcript. Writes bench_out/soak/result.json.
+
+Usage: .venv/bin/python scripts/soak.py [--turns 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import psutil
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from speech import say  # noqa: E402
+
+PROMPTS = ["Say yes.", "Name a colour.", "Count to three.", "Say hello.", "Name a fruit.", "Say a number.",
+           "Name an animal.", "Say goodbye."]  # fmt: skip
+
+
+def build_input(turns: int, work: Path) -> Path:
+    clips = {p: soundfile.read(str(say(p, work / "u.wav", 16000)), dtype="float32")[0] for p in PROMPTS}
+    pieces = [np.zeros(16000, dtype=np.float32)]
+    for i in range(turns):
+        pieces.append(clips[PROMPTS[i % len(PROMPTS)]])
+        gap_s = 1.6 if i % 4 == 3 else 3.6  # every fourth question cuts into the answer
+        pieces.append(np.zeros(int(gap_s * 16000), dtype=np.float32))
+    path = work / "in.wav"
+    soundfile.write(str(path), np.concatenate(pieces), 16000, subtype="PCM_16")
+    return path
+
+
+def run_soak(turns: int, work: Path) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    in_wav = build_input(turns, work)
+    transcript, metrics_path = work / "transcript.jsonl", work / "metrics.json"
+    transcript.unlink(missing_ok=True)
+    command = [
+        sys.executable, str(ROOT / "asr_llm_tts.py"), "--input-wav", str(in_wav), "--output-wav",
+        str(work / "out.wav"), "--transcript", str(transcript), "--metrics-json", str(metrics_path),
+        "--max-reply-tokens", "12", "--server-log", str(work / "server.log"),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    samples: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        proc = psutil.Process(process.pid)
+        while not done.wait(1.0):
+            try:
+                samples.append((proc.memory_info().rss, proc.num_threads()))
+            except psutil.Error:
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = process.stdout.read()
+    process.wait()
+    done.set()
+    sampler.join()
+    (work / "program.log").write_text(output)
+    metrics = json.loads(metrics_path.read_text())
+    lines = [json.loads(line) for line in transcript.read_text().splitlines()]
+    # after warm-up (first quarter) to the end
+    warm = samples[len(samples) // 4 :]
+    rss_mb = [rss / 2**20 for rss, _ in warm]
+    threads = [n for _, n in warm]
+    return {
+        "exit_code": process.returncode,
+        "turns": len(metrics["turns"]),
+        "barge_ins": len(metrics["barge_ins"]),
+        "interrupted_turns": sum(t["interrupted"] for t in metrics["turns"]),
+        "transcript_lines": len(lines),
+        "transcript_matches_turns": [l["turn"] for l in lines] == [t["turn"] for t in metrics["turns"]],
+        "max_history_exchanges": max(t["history_exchanges"] for t in metrics["turns"]),
+        "rss_after_warmup_mb": round(rss_mb[0], 1),
+        "rss_end_mb": round(rss_mb[-1], 1),
+        "rss_growth_mb": round(max(rss_mb) - rss_mb[0], 1),
+        "threads_after_warmup": threads[0],
+        "threads_max": max(threads),
+        "threads_end": threads[-1],
+        "tracebacks": output.count("Traceback"),
+        "seconds": len(samples),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "soak")
+    args = parser.parse_args()
+    result = run_soak(args.turns, args.out)
+    (args.out / "result.json").write_text(json.dumps(result, indent=1))
+    for key, value in result.items():
+        print(f"{key:<26} {value}")
+    return 0 if result["exit_code"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
