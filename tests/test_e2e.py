@@ -155,6 +155,7 @@ def test_ctrl_c_mid_reply_stops_within_2_s_and_keeps_finished_turns(tmp_path):
     assert elapsed < 2.0, elapsed
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     lines = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
-    assert lines[0]["interrupted"] is False and "capital" in lines[0]["user"].lower()
+    assert "capital" in lines[0]["user"].lower()  # every finished turn is there, each line whole
+    assert lines[-1]["interrupted"] is True and "story" in lines[-1]["user"].lower()  # cut by Ctrl-C
     assert soundfile.info(str(tmp_path / "out.wav")).duration > 5
     assert not any("Traceback" in line for line in reader.seen)
