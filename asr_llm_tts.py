@@ -87,6 +87,21 @@ class AssistantConfig:
 
 
 @dataclass
+class SelfSpeechDefense:
+    """What keeps the assistant from answering its own voice. Every part is optional."""
+
+    canceller: object = None  # voice_assistant.echo.EchoCanceller: cleans the microphone (AEC3)
+    room: object = None  # voice_assistant.room.SimulatedRoom: file mode's --simulate-echo
+    transcript_guard: object = None  # guards.EchoTranscriptGuard: transcripts of our own recent speech
+    own_voice: object = None  # guards.OwnVoiceGuard: utterances in the assistant's voice (or not the user's)
+    loop_breaker: object = None  # guards.LoopBreaker: repeated self-similar turns
+    speaker_lock: bool = False  # answer only the enrolled user's voice
+    mic_record: list | None = None  # (raw, cleaned) chunks for --record-mic
+    mic_path: str | None = None  # --record-mic: a stereo WAV, microphone before and after echo cancellation
+    own_voice_tail_s: float = 3.0  # check voices during playback and this long after it
+
+
+@dataclass
 class ActiveTurn:
     """Mutable state of the turn being answered; fields are guarded by the system lock."""
 
@@ -108,6 +123,7 @@ class ActiveTurn:
     playback_done: bool = False
     committed: bool = False
     resumed_from: int = 0  # turn id this reply continues after a false interruption
+    loop_message: str = ""  # the loop breaker stopped this turn: say this instead of asking the LLM
     speculative: bool = False  # transcribed and started during the end-of-turn silence
     tentative: bool = False  # started on a pause before the end of turn: audio is held, not played
     held: list = field(default_factory=list)  # audio items of a tentative turn, played on promotion
@@ -164,6 +180,7 @@ class VoiceConversationSystem:
         server=None,
         transcriber=None,
         supervisor=None,
+        defense: SelfSpeechDefense | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -177,6 +194,11 @@ class VoiceConversationSystem:
         self.server = server
         self.transcriber = transcriber  # for speculative transcription; None turns it off
         self.supervisor = supervisor  # LLMSupervisor: restarts/awaits the LLM backend; None in unit tests
+        self.defense = defense or SelfSpeechDefense()
+        if self.defense.room is not None or self.defense.canceller is not None:
+            self.sink.played_listener = self._on_played_samples
+        self._last_play_end_t = 0.0  # when the last reply block stopped sounding
+        self._barge_in_paused = False  # echo cancellation diverged: half duplex until it recovers
         self.turns = TurnCounter()
         self.history = History(config.history_trim_threshold)
         self.sink.listener = self._on_play
@@ -275,9 +297,24 @@ class VoiceConversationSystem:
             self._summary_thread.join(timeout=remaining() / 2)
         self.sink.close()
         self.client.close()
+        self._write_echo_summary()
         self.transcript.close()
         if self.server is not None:
             self.server.stop(timeout_s=remaining())
+
+    def _write_echo_summary(self) -> None:
+        canceller = self.defense.canceller
+        if canceller is not None:
+            stats = canceller.stats()
+            self.metrics.set_summary({"echo": {k: getattr(stats, k) for k in stats.__dataclass_fields__}})
+            log.info("echo cancellation: %s dB echo reduction, %.1f ms CPU per audio second",
+                     stats.erle_db if stats.erle_db is None else round(stats.erle_db, 1), stats.cpu_ms_per_audio_s)  # fmt: skip
+        if self.defense.mic_record and self.defense.mic_path:
+            from voice_assistant.wavio import write_wav
+
+            raw = np.concatenate([r for r, _ in self.defense.mic_record])
+            clean = np.concatenate([c for _, c in self.defense.mic_record])
+            write_wav(self.defense.mic_path, np.stack([raw, clean], axis=1), INPUT_RATE_HZ)
 
     def is_idle(self) -> bool:
         """Nothing heard, recognized, generated, synthesized or played is pending."""
@@ -341,6 +378,13 @@ class VoiceConversationSystem:
 
     def on_audio(self, chunk: np.ndarray, end_t: float) -> None:
         """Audio-in thread: 32 ms of 16 kHz float32 audio captured until `end_t`."""
+        if self.defense.room is not None:
+            chunk = self.defense.room.mix(chunk, end_t)
+        raw = chunk
+        if self.defense.canceller is not None:
+            chunk = self.defense.canceller.process(chunk)
+        if self.defense.mic_record is not None:
+            self.defense.mic_record.append((raw, chunk))
         if self.vad is not None:
             is_speech = self.vad.probability(chunk) >= self.config.vad_threshold
             for event in self.tracker.push(chunk, is_speech, end_t):
@@ -362,7 +406,7 @@ class VoiceConversationSystem:
         if isinstance(event, SpeechStart):
             self._cancel_tentative()  # the user goes on talking: the speculative answer is moot
         elif isinstance(event, SpeechLong):
-            if self.config.barge_in_enabled:
+            if self.config.barge_in_enabled and not self._echo_unsafe():
                 self.interrupt(onset_t=event.onset_t, decision_t=event.decision_t)
         elif isinstance(event, PauseSnapshot):
             with self._lock:
@@ -370,6 +414,49 @@ class VoiceConversationSystem:
             self._spec_queue.put(event)
         elif isinstance(event, Endpoint):
             self._on_endpoint(event)
+
+    def _on_played_samples(self, samples: np.ndarray, play_t: float) -> None:
+        """Playback thread: exactly what was played (silence too) feeds the room and the echo canceller."""
+        rate = self.sink.sample_rate_hz
+        if self.defense.room is not None:
+            self.defense.room.feed_played(samples, rate, play_t)
+        if self.defense.canceller is not None:
+            self.defense.canceller.feed_reverse(samples, rate)
+
+    def _echo_unsafe(self) -> bool:
+        """Audio-in thread: True while echo cancellation is not working, so barge-in could hear us."""
+        canceller = self.defense.canceller
+        unsafe = canceller is not None and canceller.diverged()
+        if unsafe != self._barge_in_paused:
+            self._barge_in_paused = unsafe
+            if unsafe:
+                log.warning("echo cancellation is not converging (%s dB): barge-in paused", canceller.erle_db())
+            else:
+                log.warning("echo cancellation works again: barge-in resumed")
+        return unsafe
+
+    def _rejects(self, text: str, start_t: float, end_t: float, audio: np.ndarray | None = None) -> str:
+        """Why an utterance must not be answered ('' if it may): our own echo, our voice, not the user."""
+        guard = self.defense.transcript_guard
+        if guard is not None:
+            match = guard.match(text, start_t, end_t)
+            if match.is_echo:
+                return f"echo of the assistant ({match.coverage:.0%} of its words)"
+        own = self.defense.own_voice
+        if own is not None and audio is not None and getattr(own, "assistant", None) is not None:
+            recent = self._active_playing() or end_t - self._last_play_end_t < self.defense.own_voice_tail_s
+            if recent or self.defense.speaker_lock:
+                check = own.is_own_voice(audio, INPUT_RATE_HZ)
+                if check.is_own and recent:
+                    return f"the assistant's own voice (score {check.own_score:.2f})"
+                if self.defense.speaker_lock and own.user is not None and check.user_score is not None:
+                    if check.user_score < own.config.user_threshold:
+                        return f"not the enrolled speaker (score {check.user_score:.2f})"
+        return ""
+
+    def _active_playing(self) -> bool:
+        with self._lock:
+            return self._active is not None and bool(self._active.first_audio_t) and not self._active.playback_done
 
     # ------------------------------------------------------------------ speculative end of turn
 
@@ -392,6 +479,12 @@ class VoiceConversationSystem:
                     self._spec_done.notify_all()
 
     def _on_spec_text(self, job: PauseSnapshot, text: str, text_t: float) -> None:
+        if text and clean_for_speech(text):
+            start_t = job.speech_end_t - len(job.audio) / INPUT_RATE_HZ
+            reason = self._rejects(text, start_t, job.speech_end_t, job.audio)
+            if reason:
+                log.info("ignored %r: %s", text, reason)
+                text = ""
         with self._lock:
             if job.speech_end_t != self.tracker.last_speech_end_t:
                 return  # the user spoke again: a newer snapshot will come
@@ -426,6 +519,22 @@ class VoiceConversationSystem:
             for item in held:
                 self.sink.put(item)
         chat_log.info("You: %s", turn.user_text)
+        self._check_loop(turn)
+        if turn.loop_message:
+            self._cancel_and_say(turn)
+
+    def _cancel_and_say(self, turn: ActiveTurn) -> None:
+        """A promoted turn the loop breaker stopped: drop its speculative answer, say the message."""
+        with self._lock:
+            if self._active is not turn:
+                return
+            self._active = None
+            self.turns.advance()
+            stream = turn.stream
+        if stream is not None:
+            stream.abort()
+        self.sink.clear()
+        self.submit_user_text(turn.user_text, turn.speech_end_t, turn.text_t)
 
     def _cancel_tentative(self) -> None:
         with self._lock:
@@ -485,8 +594,18 @@ class VoiceConversationSystem:
         self._abort_summary()
         if not turn.tentative:
             chat_log.info("You: %s", text)
+            self._check_loop(turn)
         self._llm_queue.put(turn)
         return turn.turn_id
+
+    def _check_loop(self, turn: ActiveTurn) -> None:
+        breaker = self.defense.loop_breaker
+        if breaker is None:
+            return
+        decision = breaker.user_turn(turn.user_text, time.monotonic())
+        if decision.stop:
+            log.warning("conversation loop detected (%s): not answering", decision.reason)
+            turn.loop_message = decision.message
 
     def interrupt(self, onset_t: float = 0.0, decision_t: float = 0.0) -> bool:
         """Barge-in: silence the reply now and forget its pending work. Fast; safe from any thread.
@@ -502,6 +621,11 @@ class VoiceConversationSystem:
             self.turns.advance()
             self._resumable = turn if self.config.resume_after_false_interruption else None
         self._stop_turn(turn, reason="barge-in")
+        guard = self.defense.transcript_guard
+        if guard is not None and 0 <= turn.heard_index < len(turn.sentences):
+            partial = ActiveTurn(0, "", 0.0, 0.0, sentences=[turn.sentences[turn.heard_index]])
+            partial.heard_index, partial.heard_progress = 0, turn.heard_progress
+            guard.note_played((turn.turn_id, turn.heard_index), turn.last_block_end_t, heard_text=partial.heard_text())
         with self._lock:
             stop_ms = max(0.0, (turn.last_block_end_t - decision_t) * 1000.0) if turn.last_block_end_t else 0.0
         record = {
@@ -533,6 +657,8 @@ class VoiceConversationSystem:
                 return  # a tentative turn was never heard: it leaves no trace
             turn.committed = True
             heard = turn.heard_text() if interrupted else turn.full_text()
+        if self.defense.loop_breaker is not None and heard:
+            self.defense.loop_breaker.assistant_replied(heard)
         if turn.resumed_from:
             self.history.replace_last_assistant(heard, interrupted)
         else:
@@ -621,6 +747,11 @@ class VoiceConversationSystem:
         if from_cache:
             return  # RealtimeSTT confirmed the utterance we already answered speculatively
         if clean_for_speech(text):
+            reason = self._rejects(text, speech_end_t - 2.0, speech_end_t)
+            if reason:
+                log.info("ignored %r: %s", text, reason)
+                self._on_no_words()
+                return
             self.submit_user_text(text.strip(), speech_end_t, text_t)
             return
         self._on_no_words()
@@ -684,6 +815,9 @@ class VoiceConversationSystem:
 
     def _respond(self, turn: ActiveTurn) -> None:
         if not self.turns.is_current(turn.turn_id):
+            return
+        if turn.loop_message:
+            self._emit_error_reply(turn, turn.loop_message)
             return
         if self.supervisor is not None and not self.supervisor.available:
             self._emit_error_reply(turn, LLM_UNAVAILABLE_REPLY)
@@ -842,9 +976,18 @@ class VoiceConversationSystem:
             if isinstance(item, AudioBlock):
                 if not turn.first_audio_t:
                     turn.first_audio_t = play_t
+                end_t = play_t + len(item.samples) / self.sink.sample_rate_hz
+                guard = self.defense.transcript_guard
+                if guard is not None and item.sentence_index < len(turn.sentences):
+                    key = (turn.turn_id, item.sentence_index)
+                    if item.sentence_index != turn.heard_index:
+                        guard.note_playing(key, turn.sentences[item.sentence_index], play_t)
+                    if item.sentence_progress >= 0.999:
+                        guard.note_played(key, end_t)
                 turn.heard_index = item.sentence_index
                 turn.heard_progress = item.sentence_progress
-                turn.last_block_end_t = play_t + len(item.samples) / self.sink.sample_rate_hz
+                turn.last_block_end_t = end_t
+                self._last_play_end_t = end_t
             elif isinstance(item, EndOfReply):
                 turn.playback_done = True
                 self._control_queue.put(turn)
@@ -1022,6 +1165,7 @@ def build_system(args) -> VoiceConversationSystem:
             config, client, synthesizer, sink, source, vad, None, transcript, metrics, server,
             transcriber=transcriber if config.speculate_after_ms > 0 else None,
             supervisor=LLMSupervisor(client, server),
+            defense=build_defense(args, synthesizer, file_mode),
         )  # fmt: skip
         synthesizer.warm_up()
         transcriber.warm_up()
@@ -1036,6 +1180,48 @@ def build_system(args) -> VoiceConversationSystem:
             server.stop()
         raise
     return system
+
+
+def build_defense(args, synthesizer, file_mode: bool) -> SelfSpeechDefense:
+    """Echo cancellation, the simulated room and the self-speech guards the flags ask for."""
+    from voice_assistant.echo import EchoCanceller
+    from voice_assistant.guards import EchoTranscriptGuard, LoopBreaker, OwnVoiceGuard
+    from voice_assistant.room import RoomConfig, SimulatedRoom
+
+    room = None
+    if args.simulate_echo:
+        room = SimulatedRoom(RoomConfig(delay_ms=args.echo_delay_ms, gain_db=args.echo_gain_db))
+    canceller = EchoCanceller() if args.aec and (not file_mode or room is not None) else None
+    defense = SelfSpeechDefense(canceller=canceller, room=room)
+    if args.record_mic:
+        defense.mic_record, defense.mic_path = [], args.record_mic
+    if args.echo_guards:
+        defense.transcript_guard = EchoTranscriptGuard()
+        defense.loop_breaker = LoopBreaker()
+    if args.echo_guards or args.speaker_lock:
+        import torch
+
+        torch.set_num_threads(1)  # the speaker encoder runs beside everything else
+        guard = OwnVoiceGuard()
+
+        def enroll_own_voice() -> None:
+            """voice-enroll thread: about 2 s of synthesis and encoder loading, beside start-up.
+
+            Until it is done the own-voice check is skipped (guard.assistant stays None)."""
+            clips = [(synthesizer.synthesize_all(text), synthesizer.sample_rate_hz) for text in guard.ASSISTANT_SENTENCES]
+            guard.enroll_assistant(clips)
+
+        threading.Thread(target=enroll_own_voice, name="voice-enroll", daemon=True).start()
+        defense.own_voice = guard
+    if args.speaker_lock:
+        import voiceprint
+
+        try:
+            defense.own_voice.set_user(voiceprint.EnrollmentStore().load(args.speaker_lock))
+        except voiceprint.VoiceprintError as exc:
+            raise SetupError(f"--speaker-lock: {exc}; enroll with: python -m voiceprint enroll NAME --mic") from None
+        defense.speaker_lock = True
+    return defense
 
 
 # ---------------------------------------------------------------------- self test
@@ -1209,12 +1395,24 @@ def parse_args(argv=None):
     p.add_argument("--barge-in-min-speech-ms", type=positive_int, default=200, help="speech needed to interrupt")
     p.add_argument("--resume-after-false-interruption", action=toggle, default=True,
                    help="resume a reply interrupted by a sound without words")
+    p.add_argument("--aec", action=toggle, default=True,
+                   help="WebRTC echo cancellation on the microphone (live mode, or file mode with --simulate-echo)")
+    p.add_argument("--echo-guards", action=toggle, default=True,
+                   help="ignore transcripts of our own speech, our own voice, and conversation loops")
+    p.add_argument("--speaker-lock", metavar="NAME", help="answer only this enrolled voice (python -m voiceprint enroll)")
+    p.add_argument("--simulate-echo", action="store_true",
+                   help="file mode: mix what is played back into the input through a simulated room")
+    p.add_argument("--record-mic", metavar="WAV", help="write the microphone before/after echo cancellation (stereo)")
+    p.add_argument("--echo-delay-ms", type=non_negative_int, default=60, help="--simulate-echo: echo delay")
+    p.add_argument("--echo-gain-db", type=float, default=0.0, help="--simulate-echo: echo level (0 dB: as loud as the user)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
     if (args.input_wav is None) != (args.output_wav is None) and not args.test:
         p.error("file mode needs both --input-wav and --output-wav")
     if args.llm_url and (args.llm_model or args.llama_server):
         p.error("--llm-url uses a running server; --llm-model and --llama-server apply only to one we start")
+    if args.simulate_echo and args.input_wav is None:
+        p.error("--simulate-echo needs file mode (--input-wav and --output-wav)")
     if args.history_trim_threshold < args.summarize_after_turns:
         p.error("--history-trim-threshold must be at least --summarize-after-turns")
     return args

@@ -23,6 +23,7 @@ import psutil
 import soundfile
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from speech import say  # noqa: E402
@@ -75,9 +76,10 @@ def run_soak(turns: int, work: Path) -> dict:
     metrics = json.loads(metrics_path.read_text())
     lines = [json.loads(line) for line in transcript.read_text().splitlines()]
     # after warm-up (first quarter) to the end
-    warm = samples[len(samples) // 4 :]
+    warm = samples[len(samples) // 4 : -3]  # from the end of the first quarter to just before shutdown
     rss_mb = [rss / 2**20 for rss, _ in warm]
     threads = [n for _, n in warm]
+    tenth = max(1, len(rss_mb) // 10)
     return {
         "exit_code": process.returncode,
         "turns": len(metrics["turns"]),
@@ -86,9 +88,10 @@ def run_soak(turns: int, work: Path) -> dict:
         "transcript_lines": len(lines),
         "transcript_matches_turns": [l["turn"] for l in lines] == [t["turn"] for t in metrics["turns"]],
         "max_history_exchanges": max(t["history_exchanges"] for t in metrics["turns"]),
-        "rss_after_warmup_mb": round(rss_mb[0], 1),
-        "rss_end_mb": round(rss_mb[-1], 1),
-        "rss_growth_mb": round(max(rss_mb) - rss_mb[0], 1),
+        "rss_after_warmup_mb": round(float(np.median(rss_mb[:tenth])), 1),
+        "rss_end_mb": round(float(np.median(rss_mb[-tenth:])), 1),
+        "rss_growth_mb": round(float(np.median(rss_mb[-tenth:]) - np.median(rss_mb[:tenth])), 1),
+        "rss_peak_mb": round(max(rss_mb), 1),
         "threads_after_warmup": threads[0],
         "threads_max": max(threads),
         "threads_end": threads[-1],

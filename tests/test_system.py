@@ -401,3 +401,47 @@ def test_speaking_again_drops_the_speculative_answer(server):
         assert h.system.transcriber.audio_seconds[1] > h.system.transcriber.audio_seconds[0]
     finally:
         h.close()
+
+
+def test_transcript_of_our_own_speech_is_not_answered(server):
+    from asr_llm_tts import SelfSpeechDefense
+    from voice_assistant.guards import EchoTranscriptGuard
+
+    h = speculative_harness(server, "the capital of france is paris and it is lovely", "what about spain")
+    h.system.defense = SelfSpeechDefense(transcript_guard=EchoTranscriptGuard())
+    try:
+        server.script(Reply(pieces=["The capital of France is Paris and it is lovely."]), Reply(pieces=["Madrid."]))
+        first = h.system.submit_user_text("capital of france?")
+        h.sink.clock = 500.0  # playback on the same clock as the fake microphone below
+        h.play_reply(first)
+        h.wait_idle()
+        t = speak(h.system, 15, 500.5)  # the speaker's sound comes back through the microphone
+        pause(h.system, 16, t)
+        h.wait_idle()
+        assert h.system.turns.current() == first and len(server.completion_bodies) == 1  # not answered
+        t = speak(h.system, 15, 520.0)  # a real question, later
+        pause(h.system, 16, t)
+        wait_until(lambda: h.system._active is not None)
+        h.play_reply(h.system._active.turn_id)
+        assert h.synth.spoken[-1] == "Madrid."
+    finally:
+        h.close()
+
+
+def test_loop_breaker_stops_a_repeating_conversation(server):
+    from asr_llm_tts import SelfSpeechDefense
+    from voice_assistant.guards import LoopBreaker
+
+    h = Harness(server)
+    h.system.defense = SelfSpeechDefense(loop_breaker=LoopBreaker())
+    try:
+        for _ in range(3):
+            server.script(Reply(pieces=["Sure."]))
+        for _ in range(3):
+            turn = h.system.submit_user_text("say that again please")
+            h.play_reply(turn)
+            h.wait_idle()
+        assert h.synth.spoken[:2] == ["Sure.", "Sure."]
+        assert h.synth.spoken[2] != "Sure." and len(server.completion_bodies) == 2
+    finally:
+        h.close()

@@ -65,6 +65,7 @@ class MetricsFile:
         self.path = Path(path) if path else None
         self.turns: list[dict] = []
         self.barge_ins: list[dict] = []
+        self.summary: dict = {}
         self._lock = threading.Lock()
 
     def add(self, metrics: dict) -> None:
@@ -77,10 +78,16 @@ class MetricsFile:
             self.barge_ins.append(record)
             self._write()
 
+    def set_summary(self, summary: dict) -> None:
+        """Whole-session figures (echo cancellation and the like), written at exit."""
+        with self._lock:
+            self.summary = summary
+            self._write()
+
     def _write(self) -> None:
         if self.path is not None:
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps({"turns": self.turns, "barge_ins": self.barge_ins}, indent=1))
+            tmp.write_text(json.dumps({"turns": self.turns, "barge_ins": self.barge_ins, "summary": self.summary}, indent=1))
             os.replace(tmp, self.path)
 
 

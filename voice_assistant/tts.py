@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -16,10 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class PiperSynthesizer:
-    """Synthesizes text into float32 mono audio. One caller at a time (the TTS thread)."""
+    """Synthesizes text into float32 mono audio. Thread-safe: calls are serialized."""
 
     def __init__(self, voice) -> None:
         self._voice = voice
+        self._lock = threading.Lock()
         self.sample_rate_hz: int = voice.config.sample_rate
 
     @classmethod
@@ -52,7 +54,8 @@ class PiperSynthesizer:
             yield chunk.audio_float_array.astype(np.float32, copy=False)
 
     def synthesize_all(self, text: str) -> np.ndarray:
-        parts = list(self.synthesize(text))
+        with self._lock:
+            parts = list(self.synthesize(text))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
     def warm_up(self) -> None:

@@ -49,7 +49,7 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
 
 
 def write_wav(path: Path, samples: np.ndarray, rate_hz: int) -> None:
-    """Write mono 16-bit PCM (float input is clipped to [-1, 1])."""
+    """Write 16-bit PCM, mono or (frames, channels) (float input is clipped to [-1, 1])."""
     if samples.dtype != np.int16:
         samples = to_int16(samples)
     soundfile.write(str(path), samples, rate_hz, subtype="PCM_16")
