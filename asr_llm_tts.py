@@ -265,6 +265,10 @@ class VoiceConversationSystem:
         self.sink.start(self.t0)
         if self.source is not None:
             self.source.start(self.on_audio, self.t0)
+        if self.defense.canceller is not None:
+            # The devices' reported latencies: from a block handed to the speaker to its echo reaching us.
+            latency_s = getattr(self.sink, "latency_s", 0.0) + getattr(self.source, "latency_s", 0.0)
+            self.defense.canceller.set_delay_ms(1000.0 * latency_s)
 
     def close(self, limit_s: float = 1.8) -> None:
         """Stop everything within `limit_s`; idempotent; the transcript keeps every finished turn."""

@@ -127,3 +127,52 @@ def test_live_conversation_through_pulseaudio(pulse_env, tmp_path):
         audio = audio.mean(axis=1)
     assert voiced_spans(audio, rate), "nothing reached the speaker sink"
     assert "capital" in (tmp_path / "t.jsonl").read_text().lower()
+
+
+@pytest.mark.parametrize("protected", [True, False], ids=["aec-and-guards", "unprotected"])
+def test_speaker_coupled_into_microphone_does_not_make_it_answer_itself(pulse_env, tmp_path, protected):
+    """A laptop without headphones: PulseAudio's loopback feeds the speaker back into the microphone.
+
+    Unprotected (--no-aec --no-echo-guards) the same set-up must make it answer itself: the test bites.
+    """
+    module = subprocess.run(
+        ["pactl", "load-module", "module-loopback", "source=spk.monitor", "sink=micbus", "latency_msec=50"],
+        env=pulse_env, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
+    program = subprocess.Popen(
+        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--max-reply-tokens", "60", "--metrics-json",
+         str(tmp_path / "m.json"), "--server-log", str(tmp_path / "server.log"),
+         "--system-prompt", "You are a friendly assistant. Answer in two or three full sentences.",
+         *([] if protected else ["--no-aec", "--no-echo-guards"])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pulse_env, cwd=ROOT,
+    )  # fmt: skip
+    reader = LineReader(program.stdout)
+    try:
+        reader.wait_for("listening", 90)
+        time.sleep(3.0)  # the own-voice enrollment finishes in the background
+        subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
+        reader.wait_for("turn ", 60)  # the answer has played, through the speaker and back into the mic
+        deadline = time.monotonic() + 12.0  # listen on: it must not take its own voice for a question
+        while time.monotonic() < deadline:
+            try:
+                reader.seen.append(reader.lines.get(timeout=0.5).rstrip())
+            except queue.Empty:
+                pass
+        program.send_signal(signal.SIGTERM)
+        assert program.wait(timeout=10) == 0
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait()
+        reader.join()
+        subprocess.run(["pactl", "unload-module", module], env=pulse_env)
+    while not reader.lines.empty():
+        reader.seen.append(reader.lines.get().rstrip())
+    questions = [line for line in reader.seen if line.startswith("You:")]
+    assert "capital" in questions[0].lower(), reader.seen
+    if protected:
+        assert len(questions) == 1, reader.seen
+        assert any("echo cancellation:" in line for line in reader.seen), reader.seen
+    else:
+        assert len(questions) > 1, reader.seen  # it took its own voice for the user
