@@ -1141,6 +1141,7 @@ def build_system(args) -> VoiceConversationSystem:
     from voice_assistant.vad import SileroVAD
 
     config = assistant_config_from_args(args)
+    speaker = load_speaker_lock(args.speaker_lock) if args.speaker_lock else None
     file_mode = args.input_wav is not None
     source = WavFileSource(Path(args.input_wav)) if file_mode else None
     if file_mode:
@@ -1169,7 +1170,7 @@ def build_system(args) -> VoiceConversationSystem:
             config, client, synthesizer, sink, source, vad, None, transcript, metrics, server,
             transcriber=transcriber if config.speculate_after_ms > 0 else None,
             supervisor=LLMSupervisor(client, server),
-            defense=build_defense(args, synthesizer, file_mode),
+            defense=build_defense(args, synthesizer, file_mode, speaker),
         )  # fmt: skip
         synthesizer.warm_up()
         transcriber.warm_up()
@@ -1186,7 +1187,7 @@ def build_system(args) -> VoiceConversationSystem:
     return system
 
 
-def build_defense(args, synthesizer, file_mode: bool) -> SelfSpeechDefense:
+def build_defense(args, synthesizer, file_mode: bool, speaker=None) -> SelfSpeechDefense:
     """Echo cancellation, the simulated room and the self-speech guards the flags ask for."""
     from voice_assistant.echo import EchoCanceller
     from voice_assistant.guards import EchoTranscriptGuard, LoopBreaker, OwnVoiceGuard
@@ -1217,15 +1218,20 @@ def build_defense(args, synthesizer, file_mode: bool) -> SelfSpeechDefense:
 
         threading.Thread(target=enroll_own_voice, name="voice-enroll", daemon=True).start()
         defense.own_voice = guard
-    if args.speaker_lock:
-        import voiceprint
-
-        try:
-            defense.own_voice.set_user(voiceprint.EnrollmentStore().load(args.speaker_lock))
-        except voiceprint.VoiceprintError as exc:
-            raise SetupError(f"--speaker-lock: {exc}; enroll with: python -m voiceprint enroll NAME --mic") from None
+    if speaker is not None:
+        defense.own_voice.set_user(speaker)
         defense.speaker_lock = True
     return defense
+
+
+def load_speaker_lock(name: str):
+    """The enrollment for --speaker-lock; SetupError naming the problem (checked before models load)."""
+    import voiceprint
+
+    try:
+        return voiceprint.EnrollmentStore().load(name)
+    except voiceprint.VoiceprintError as exc:
+        raise SetupError(f"--speaker-lock: {exc}; enroll with: python -m voiceprint enroll {name} --mic") from None
 
 
 # ---------------------------------------------------------------------- self test

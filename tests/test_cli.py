@@ -149,3 +149,18 @@ def test_llama_server_that_fails_to_start(speech_wav, tmp_path):
     )  # fmt: skip
     assert_one_line_error(result, "exited with code 3")
     assert "cannot load model" in (tmp_path / "server.log").read_text()
+
+
+def test_unknown_speaker_lock_name(speech_wav, tmp_path):
+    result = run(
+        "--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"), "--speaker-lock", "nobody-here",
+        "--llm-url", closed_port_url(), "--llm-wait-s", "0",
+    )  # fmt: skip
+    # the speaker lock is checked before the LLM: its error is the one line
+    assert_one_line_error(result, "--speaker-lock")
+
+
+def test_simulate_echo_needs_file_mode():
+    result = run("--simulate-echo")
+    assert result.returncode == 2
+    assert_one_line_error(result, "file mode")

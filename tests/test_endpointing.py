@@ -64,3 +64,11 @@ def test_one_long_event_per_run_and_runs_split_by_100_ms_gaps():
 def test_speculation_off():
     tracker = UtteranceTracker(speculate_after_ms=0)
     assert not [e for _, e in run(tracker, "s" * 10 + "." * 20) if isinstance(e, PauseSnapshot)]
+
+
+def test_snapshot_of_an_enormous_utterance_is_bounded():
+    tracker = UtteranceTracker(speculate_after_ms=96, max_utterance_s=30.0)
+    events = run(tracker, "s" * int(75 / CHUNK_S) + "...")  # 75 s without a pause
+    snapshot = [e for _, e in events if isinstance(e, PauseSnapshot)][0]
+    assert len(snapshot.audio) / 16000 <= 30.3  # the last 30 s (plus what fits of the pause)
+    assert snapshot.speech_s == pytest.approx(75, abs=0.1)

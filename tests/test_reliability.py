@@ -251,3 +251,16 @@ def test_output_device_vanishing_is_reported_and_reopened(monkeypatch, caplog):
             monitor.join(timeout=2)
             sink.close()
             h.close()
+
+
+@pytest.mark.slow
+def test_enormous_utterance_gets_an_apology_not_a_crash(real_server):
+    h = real_harness(real_server)
+    try:
+        supervisor = with_supervisor(h, server=real_server)
+        enormous = " ".join(["and then I went to the market"] * 900)  # about 6000 words: past the context
+        assert answer(h, enormous) == LLM_ERROR_REPLY
+        assert supervisor.restart_count == 0 and supervisor.available  # the server is fine: no restart
+        assert answer(h, "Say hello.") not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
+    finally:
+        h.close()
