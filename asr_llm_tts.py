@@ -57,6 +57,16 @@ DEFAULT_SYSTEM_PROMPT = (
 LLM_ERROR_REPLY = "Sorry, I could not get an answer from the language model."
 LLM_UNAVAILABLE_REPLY = "Sorry, the language model is not available right now. I am still listening."
 VAD_CHUNK_S = INPUT_CHUNK_SAMPLES / INPUT_RATE_HZ
+MAX_USER_CHARS = 4000  # an utterance longer than this (minutes of speech) keeps only its last words
+
+
+def fit_user_text(text: str) -> str:
+    """The user's words as sent to the model: an enormous utterance keeps its last MAX_USER_CHARS."""
+    if len(text) <= MAX_USER_CHARS:
+        return text
+    tail = text[-MAX_USER_CHARS:]
+    log.warning("very long utterance (%d characters): keeping its last %d", len(text), MAX_USER_CHARS)
+    return "... " + tail[tail.find(" ") + 1 :]
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,7 @@ class ActiveTurn:
     committed: bool = False
     resumed_from: int = 0  # turn id this reply continues after a false interruption
     loop_message: str = ""  # the loop breaker stopped this turn: say this instead of asking the LLM
+    retried: bool = False  # asked again with a shorter history after a context overflow
     speculative: bool = False  # transcribed and started during the end-of-turn silence
     tentative: bool = False  # started on a pause before the end of turn: audio is held, not played
     held: list = field(default_factory=list)  # audio items of a tentative turn, played on promotion
@@ -580,6 +591,7 @@ class VoiceConversationSystem:
     def _start_turn(self, text: str, speech_end_t: float, text_t: float, speculative: bool) -> int:
         """A new turn; a speculative one stays tentative (held) until its utterance's endpoint."""
         now = time.monotonic()
+        text = fit_user_text(text)
         with self._lock:
             old = self._active
             turn = ActiveTurn(self.turns.advance(), text, speech_end_t or now, text_t or now)
@@ -838,6 +850,17 @@ class VoiceConversationSystem:
         build_end = time.monotonic()
         self._stream_reply(turn, turn.prompt, build_start, build_end, start_index=0)
 
+    def _retry_shorter(self, turn: ActiveTurn, exc: LLMError) -> bool:
+        """The prompt did not fit the context: forget the older half of history and ask again, once."""
+        if turn.retried or "context" not in str(exc) or len(self.history) == 0:
+            return False
+        turn.retried = True
+        dropped = max(1, len(self.history) // 2)
+        self.history.drop_oldest(dropped)
+        log.warning("turn %d: the prompt did not fit the model's context; dropped %d old exchanges", turn.turn_id, dropped)
+        self._respond(turn)
+        return True
+
     def _continue_reply(self, turn: ActiveTurn, pending: list[str], llm_done: bool) -> None:
         """Speak `pending`, then let the model continue after everything generated so far."""
         if not self.turns.is_current(turn.turn_id):
@@ -891,6 +914,8 @@ class VoiceConversationSystem:
                         index += 1
         except LLMError as exc:
             log.error("turn %d: %s", turn.turn_id, exc)
+            if index == start_index and not continuation and self._retry_shorter(turn, exc):
+                return
             self._emit_error_reply(turn)
             self._report_llm_failure(exc)
             return

@@ -254,13 +254,31 @@ def test_output_device_vanishing_is_reported_and_reopened(monkeypatch, caplog):
 
 
 @pytest.mark.slow
-def test_enormous_utterance_gets_an_apology_not_a_crash(real_server):
+def test_enormous_utterance_keeps_its_last_words_and_the_conversation_goes_on(real_server):
     h = real_harness(real_server)
+    h.system.client.read_timeout_s = 30.0  # prefilling about 1000 tokens takes a few seconds here
     try:
         supervisor = with_supervisor(h, server=real_server)
-        enormous = " ".join(["and then I went to the market"] * 900)  # about 6000 words: past the context
-        assert answer(h, enormous) == LLM_ERROR_REPLY
-        assert supervisor.restart_count == 0 and supervisor.available  # the server is fine: no restart
+        enormous = " ".join(["and then I went to the market"] * 900)  # about 6000 tokens: past the context
+        assert answer(h, enormous) not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)  # its last words are answered
+        assert h.system.history.exchanges()[-1].user.startswith("... ")
+        assert len(h.system.history.exchanges()[-1].user) <= 4004
+        assert supervisor.restart_count == 0 and supervisor.available
         assert answer(h, "Say hello.") not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
+    finally:
+        h.close()
+
+
+@pytest.mark.slow
+def test_history_that_outgrows_the_context_is_shortened(real_server):
+    from voice_assistant.history import Exchange
+
+    h = real_harness(real_server)
+    h.system.client.read_timeout_s = 30.0  # the first, too long prompt and the refill take seconds
+    try:
+        for _ in range(10):  # long earlier exchanges, about 6000 tokens in all
+            h.system.history.add(Exchange("tell me everything", "and then the story went on " * 90, False))
+        assert answer(h, "Say hello.") not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
+        assert len(h.system.history.exchanges()) <= 6  # the older half was dropped to fit
     finally:
         h.close()
