@@ -57,7 +57,17 @@ DEFAULT_SYSTEM_PROMPT = (
 LLM_ERROR_REPLY = "Sorry, I could not get an answer from the language model."
 LLM_UNAVAILABLE_REPLY = "Sorry, the language model is not available right now. I am still listening."
 VAD_CHUNK_S = INPUT_CHUNK_SAMPLES / INPUT_RATE_HZ
+STOP_COMMANDS = frozenset(
+    ["stop", "wait", "hold on", "pause", "quiet", "be quiet", "shut up", "stop it", "stop stop", "okay stop",
+     "ok stop", "enough", "thats enough", "never mind", "nevermind", "cancel", "stop talking"]
+)  # fmt: skip
+"""Utterances that only ask the assistant to be silent: it stops and listens, without answering."""
 MAX_USER_CHARS = 4000  # an utterance longer than this (minutes of speech) keeps only its last words
+
+
+def is_stop_command(text: str) -> bool:
+    words = "".join(ch for ch in text.lower() if ch.isalnum() or ch.isspace()).split()
+    return " ".join(words) in STOP_COMMANDS
 
 
 def fit_user_text(text: str) -> str:
@@ -511,6 +521,9 @@ class VoiceConversationSystem:
             if ended:
                 self._on_no_words()
             return
+        if is_stop_command(text):
+            self._on_stop_command(text)
+            return
         self._start_turn(text, job.speech_end_t, text_t, speculative=True)
 
     def _on_endpoint(self, event: Endpoint) -> None:
@@ -768,9 +781,24 @@ class VoiceConversationSystem:
                 log.info("ignored %r: %s", text, reason)
                 self._on_no_words()
                 return
+            if is_stop_command(text):
+                self._on_stop_command(text)
+                return
             self.submit_user_text(text.strip(), speech_end_t, text_t)
             return
         self._on_no_words()
+
+    def _on_stop_command(self, text: str) -> None:
+        """'Stop', 'wait'...: the barge-in already silenced the reply; stay silent, do not resume."""
+        with self._lock:
+            self._resumable = None
+            turn = self._active
+        if turn is not None and turn.tentative:
+            self._cancel_tentative()
+        elif turn is not None:
+            self.interrupt()
+        chat_log.info("You: %s", text)
+        log.info("stopped on request; listening")
 
     def _on_no_words(self) -> None:
         """The utterance after a barge-in had no words: resume the cut reply (if enabled)."""

@@ -445,3 +445,23 @@ def test_loop_breaker_stops_a_repeating_conversation(server):
         assert h.synth.spoken[2] != "Sure." and len(server.completion_bodies) == 2
     finally:
         h.close()
+
+
+def test_stop_command_silences_without_answering_or_resuming(server):
+    h = speculative_harness(server, "stop")
+    try:
+        gate = threading.Event()
+        server.script(Reply(pieces=["A long story begins. ", "It goes on."], gates={1: gate}))
+        turn = h.system.submit_user_text("tell me a story")
+        wait_until(lambda: h.queued_blocks() > 0, h.sink.item_arrived)
+        h.sink.play_next()
+        t = speak(h.system, 8, 900.0)  # "stop": 256 ms, a barge-in
+        assert not h.system.turns.is_current(turn)
+        gate.set()
+        pause(h.system, 16, t)
+        h.wait_idle()
+        h.sink.play_all()
+        assert len(server.completion_bodies) == 1  # "stop" was not sent to the model
+        assert {b.turn_id for b in h.sink.played} == {turn}  # and nothing resumed
+    finally:
+        h.close()

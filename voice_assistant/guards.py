@@ -281,8 +281,8 @@ class LoopBreaker:
             )  # fmt: skip
             if self._echo_like_run >= config.echo_like_turns:
                 reason = "echo-like turns"
-            elif same >= config.repeat_count:
-                reason = "repeated user text"
+            elif same >= config.repeat_count and len(words) >= config.min_words:
+                reason = "repeated user text"  # not "stop" three times: short commands repeat for real
             else:
                 return _GO_ON
             self._echo_like_run = 0
