@@ -411,8 +411,10 @@ class VoiceConversationSystem:
         if self.defense.mic_record is not None:
             self.defense.mic_record.append((raw, chunk))
         if self.vad is not None:
-            is_speech = self.vad.probability(chunk) >= self.config.vad_threshold
-            for event in self.tracker.push(chunk, is_speech, end_t):
+            probability = self.vad.probability(chunk)
+            is_speech = probability >= self.config.vad_threshold
+            maybe = probability >= self.config.vad_threshold - 0.15  # Silero's usual onset hysteresis
+            for event in self.tracker.push(chunk, is_speech, end_t, maybe):
                 self._on_speech_event(event)
         if self.recognizer is None:
             return

@@ -72,3 +72,16 @@ def test_snapshot_of_an_enormous_utterance_is_bounded():
     snapshot = [e for _, e in events if isinstance(e, PauseSnapshot)][0]
     assert len(snapshot.audio) / 16000 <= 30.3  # the last 30 s (plus what fits of the pause)
     assert snapshot.speech_s == pytest.approx(75, abs=0.1)
+
+
+def test_onset_starts_where_the_probability_began_to_rise():
+    tracker = UtteranceTracker(min_speech_ms=200)
+    t, events = 100.0, []
+    for maybe, speech in [(False, False), (True, False), (True, True)] + [(True, True)] * 5:
+        t += CHUNK_S
+        events += tracker.push(SPEECH, speech, t, maybe)
+    start = [e for e in events if isinstance(e, SpeechStart)][0]
+    long = [e for e in events if isinstance(e, SpeechLong)][0]
+    assert start.onset_t == pytest.approx(100.0 + CHUNK_S)  # the maybe-speech chunk, not the first sure one
+    assert long.decision_t - long.onset_t >= 0.2 - 1e-9
+    assert long.decision_t == pytest.approx(100.0 + 8 * CHUNK_S)  # one chunk sooner than without the ramp

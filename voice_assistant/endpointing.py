@@ -74,17 +74,24 @@ class UtteranceTracker:
         self._utterance_start_t = 0.0  # 0 when no utterance is open
         self._utterance_speech_s = 0.0
         self._snapshot_for = 0.0
+        self._maybe_start_t = 0.0  # start of the run of chunks above the VAD's lower threshold
 
     @property
     def in_utterance(self) -> bool:
         return bool(self._utterance_start_t)
 
-    def push(self, chunk: np.ndarray, is_speech: bool, end_t: float) -> list:
+    def push(self, chunk: np.ndarray, is_speech: bool, end_t: float, maybe_speech: bool | None = None) -> list:
+        """`maybe_speech`: above the VAD's lower (onset) threshold; a run that becomes speech
+        starts where the maybe-speech began, as Silero's probability ramps up over a chunk or two."""
         self._ring.append((end_t, chunk))
         events: list = []
+        if maybe_speech or is_speech:
+            self._maybe_start_t = self._maybe_start_t or end_t - CHUNK_S
+        else:
+            self._maybe_start_t = 0.0
         if is_speech:
             if not self._run_start_t:
-                self._run_start_t = end_t - CHUNK_S
+                self._run_start_t = min(self._maybe_start_t, end_t - CHUNK_S)
                 self._long_sent = False
                 events.append(SpeechStart(self._run_start_t))
                 if not self._utterance_start_t:
