@@ -881,11 +881,11 @@ class VoiceConversationSystem:
         self._stream_reply(turn, turn.prompt, build_start, build_end, start_index=0)
 
     def _retry_shorter(self, turn: ActiveTurn, exc: LLMError) -> bool:
-        """The prompt did not fit the context: forget the older half of history and ask again, once."""
+        """The prompt did not fit the context: keep only the last two exchanges and ask again, once."""
         if turn.retried or "context" not in str(exc) or len(self.history) == 0:
             return False
         turn.retried = True
-        dropped = max(1, len(self.history) // 2)
+        dropped = max(1, len(self.history) - 2)
         self.history.drop_oldest(dropped)
         log.warning("turn %d: the prompt did not fit the model's context; dropped %d old exchanges", turn.turn_id, dropped)
         self._respond(turn)

@@ -276,9 +276,12 @@ def test_history_that_outgrows_the_context_is_shortened(real_server):
     h = real_harness(real_server)
     h.system.client.read_timeout_s = 30.0  # the first, too long prompt and the refill take seconds
     try:
-        for _ in range(10):  # long earlier exchanges, about 6000 tokens in all
-            h.system.history.add(Exchange("tell me everything", "and then the story went on " * 90, False))
-        assert answer(h, "Say hello.") not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
-        assert len(h.system.history.exchanges()) <= 6  # the older half was dropped to fit
+        for _ in range(10):  # long earlier exchanges, about 5000 tokens in all
+            h.system.history.add(Exchange("tell me everything", "and then the story went on " * 75, False))
+        turn = h.system.submit_user_text("Say hello.")
+        wait_until(lambda: h.sink.play_next() is not None and turn in h.sink.ends, h.sink.item_arrived, timeout_s=60)
+        h.wait_idle()
+        assert h.synth.spoken[-1] not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
+        assert len(h.system.history.exchanges()) == 3  # the last two old ones, and this one
     finally:
         h.close()
