@@ -177,6 +177,17 @@ class WavFileSink(AudioSink):
             self._blocks = []
 
 
+def _close_stream(stream) -> None:
+    """Abort and close a PortAudio stream, if any; the device may already be gone."""
+    if stream is None:
+        return
+    try:
+        stream.abort()
+        stream.close()
+    except Exception:  # PortAudio errors on a vanished device: nothing left to release
+        pass
+
+
 def find_device(spec: str | None, kind: str) -> int | None:
     """Device index for `--input-device`/`--output-device` (an index or part of a name)."""
     import sounddevice
@@ -264,12 +275,7 @@ class SpeakerSink(AudioSink):
 
     def close(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.abort()
-                stream.close()
-            except Exception:  # the device may already be gone
-                pass
+        _close_stream(stream)
 
 
 class AudioSource:
@@ -352,12 +358,7 @@ class MicrophoneSource(AudioSource):
     def reopen(self) -> None:
         """Open the device again (device-monitor thread); AudioDeviceError if it is still gone."""
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.abort()
-                stream.close()
-            except Exception:
-                pass
+        _close_stream(stream)
         self.error = ""
         self._open()
 
@@ -406,12 +407,7 @@ class MicrophoneSource(AudioSource):
     def close(self) -> None:
         self._stop.set()
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.abort()
-                stream.close()
-            except Exception:
-                pass
+        _close_stream(stream)
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
