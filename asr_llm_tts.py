@@ -176,6 +176,16 @@ class ActiveTurn:
         return self.raw_text.strip()
 
 
+@dataclass(frozen=True)
+class ResumeReply:
+    """LLM-thread work item: speak the unplayed sentences of a reply cut by a false interruption,
+    then let the model continue after them unless it had already finished."""
+
+    turn: ActiveTurn
+    pending: tuple[str, ...]
+    llm_done: bool
+
+
 def trim_leading_silence(audio: np.ndarray, rate_hz: int, threshold: float = 0.002, keep_ms: int = 5) -> np.ndarray:
     """Drop the inaudible lead-in of a reply's first chunk: it only delays the first sound."""
     loud = np.flatnonzero(np.abs(audio) > threshold)
@@ -555,28 +565,28 @@ class VoiceConversationSystem:
 
     def _cancel_and_say(self, turn: ActiveTurn) -> None:
         """A promoted turn the loop breaker stopped: drop its speculative answer, say the message."""
-        with self._lock:
-            if self._active is not turn:
-                return
-            self._active = None
-            self.turns.advance()
-            stream = turn.stream
-        if stream is not None:
-            stream.abort()
-        self.sink.clear()
-        self.submit_user_text(turn.user_text, turn.speech_end_t, turn.text_t)
+        if self._drop_active(turn):
+            self.sink.clear()
+            self.submit_user_text(turn.user_text, turn.speech_end_t, turn.text_t)
 
     def _cancel_tentative(self) -> None:
         with self._lock:
             turn = self._active
-            if turn is None or not turn.tentative:
-                return
+        if turn is not None and self._drop_active(turn, only_if_tentative=True):
+            log.debug("speculative turn %d dropped: the user went on speaking", turn.turn_id)
+
+    def _drop_active(self, turn: ActiveTurn, only_if_tentative: bool = False) -> bool:
+        """Make `turn` stale and stop its generation; False if it is no longer the active turn
+        (or, with `only_if_tentative`, was promoted meanwhile)."""
+        with self._lock:
+            if self._active is not turn or (only_if_tentative and not turn.tentative):
+                return False
             self._active = None
             self.turns.advance()
             stream = turn.stream
         if stream is not None:
             stream.abort()
-        log.debug("speculative turn %d dropped: the user went on speaking", turn.turn_id)
+        return True
 
     def cached_transcript(self, wait_s: float = 2.0) -> str | None:
         """RealtimeSTT's final transcription of the utterance we already transcribed, if any.
@@ -825,7 +835,7 @@ class VoiceConversationSystem:
             turn.llm_done = cut.llm_done
             self._active = turn
         log.info("no words in the interruption: resuming turn %d at sentence %d", cut.turn_id, done + 1)
-        self._llm_queue.put((turn, pending, cut.llm_done))
+        self._llm_queue.put(ResumeReply(turn, tuple(pending), cut.llm_done))
 
     # ------------------------------------------------------------------ LLM thread
 
@@ -852,8 +862,8 @@ class VoiceConversationSystem:
             if item is STOP:
                 return
             try:
-                if isinstance(item, tuple):
-                    self._continue_reply(*item)
+                if isinstance(item, ResumeReply):
+                    self._continue_reply(item)
                 else:
                     self._respond(item)
             except Exception:
@@ -891,15 +901,16 @@ class VoiceConversationSystem:
         self._respond(turn)
         return True
 
-    def _continue_reply(self, turn: ActiveTurn, pending: list[str], llm_done: bool) -> None:
-        """Speak `pending`, then let the model continue after everything generated so far."""
+    def _continue_reply(self, resume: ResumeReply) -> None:
+        """Speak the pending sentences, then let the model continue after everything generated so far."""
+        turn = resume.turn
         if not self.turns.is_current(turn.turn_id):
             return
         index = len(turn.sentences)
-        for text in pending:
+        for text in resume.pending:
             self._emit(turn, index, text)
             index += 1
-        if llm_done:
+        if resume.llm_done:
             self._tts_queue.put(EndOfText(turn.turn_id))
             return
         prompt = turn.prompt + " ".join(turn.sentences)
@@ -1141,8 +1152,13 @@ def assistant_config_from_args(args) -> AssistantConfig:
     )
 
 
-def start_llm(args):
-    """(client, server or None): connect to --llm-url, or start the bundled/own llama-server."""
+def start_llm(args, keep_listening: bool = False):
+    """(client, server or None, ready): connect to --llm-url, or start the bundled/own llama-server.
+
+    A remote server still down after `--llm-wait-s` is a SetupError, except with `keep_listening`
+    (live mode), where the conversation starts anyway (`ready` False) and the supervisor polls the
+    server until it answers: a user may start the assistant before their server.
+    """
     from voice_assistant.llama_server import LlamaServerProcess, ServerConfig
     from voice_assistant.models import check_gguf, default_llama_server, default_llm_gguf
 
@@ -1172,12 +1188,18 @@ def start_llm(args):
         time.sleep(delay)  # backoff while a remote server starts: nothing to wait on but time
         delay = min(delay * 2, 4.0)
         ready, detail = client.health()
+    if not ready and keep_listening and server is None:
+        log.warning(
+            "llama-server at %s is not reachable (%s); listening anyway: it is used as soon as it answers",
+            url, detail,
+        )  # fmt: skip
+        return client, server, False
     if not ready:
         client.close()
         if server is not None:
             server.stop()
         raise SetupError(f"llama-server at {url} is not reachable ({detail}); start it or drop --llm-url")
-    return client, server
+    return client, server, True
 
 
 def build_system(args) -> VoiceConversationSystem:
@@ -1214,7 +1236,7 @@ def build_system(args) -> VoiceConversationSystem:
     vad = SileroVAD.load(threads=1)
     transcript = TranscriptFile(Path(args.transcript)) if args.transcript else None
     metrics = MetricsFile(Path(args.metrics_json)) if args.metrics_json else None
-    client, server = start_llm(args)
+    client, server, llm_ready = start_llm(args, keep_listening=not file_mode)
     try:
         if file_mode:
             sink = WavFileSink(Path(args.output_wav), synthesizer.sample_rate_hz, config.block_ms)
@@ -1229,9 +1251,12 @@ def build_system(args) -> VoiceConversationSystem:
         )  # fmt: skip
         synthesizer.warm_up()
         transcriber.warm_up()
-        warm = client.stream({"prompt": client.apply_template(system.history.messages(config.system_prompt)),
-                              "n_predict": 1, "cache_prompt": True, "id_slot": 0})  # fmt: skip
-        list(warm)  # fills the prompt cache with the system prompt
+        if llm_ready:
+            warm = client.stream({"prompt": client.apply_template(system.history.messages(config.system_prompt)),
+                                  "n_predict": 1, "cache_prompt": True, "id_slot": 0})  # fmt: skip
+            list(warm)  # fills the prompt cache with the system prompt
+        else:
+            system.supervisor.mark_down()  # start_llm printed the status line
         executor = CachingExecutor(transcriber, system.cached_transcript) if system.transcriber else transcriber
         system.recognizer = SpeechRecognizer.create(asr_config, executor, system.recognizer_callbacks())
     except BaseException:
@@ -1340,7 +1365,7 @@ def run_self_test(args) -> int:
         return f"transcribed {text!r} in {took:.0f} ms"
 
     def llm():
-        client, server = start_llm(args)
+        client, server, _ = start_llm(args)
         try:
             stream = client.stream({"prompt": client.apply_template([{"role": "user", "content": "Say hello."}]),
                                     "n_predict": 16})  # fmt: skip
@@ -1434,7 +1459,8 @@ def parse_args(argv=None):
     p.add_argument("--llm-threads", type=positive_int, default=1, help="llama-server generation threads (-t)")
     p.add_argument("--llm-batch-threads", type=positive_int, default=2, help="llama-server prompt threads (-tb)")
     p.add_argument("--llm-wait-s", type=non_negative_int, default=5,
-                   help="how long to wait for an --llm-url server that is not up yet at start")
+                   help="how long to wait for an --llm-url server that is not up yet at start; then live "
+                        "mode keeps listening and polls it, file mode and --test exit with an error")
     p.add_argument("--llm-timeout-s", type=positive_int, default=20,
                    help="a reply stream silent this long counts as a hung server")
     p.add_argument("--llm-context", type=positive_int, default=4096, help="context tokens per server slot")

@@ -28,9 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from benchlib import ROOT, report_targets  # noqa: E402  (also sets the import paths)
 
 from speech import say  # noqa: E402  (tests/speech.py: espeak-ng utterances)
 
@@ -179,10 +177,7 @@ def main() -> int:
         print(f"  {name:<32} p50 {summary[name]['p50']:7.1f}   p95 {summary[name]['p95']:7.1f}")
     print(f"  missed {summary['missed']}, stale audio {stale}, cough interruptions {cough_interrupts}, "
           f"words kept per interruption {summary['words_kept_mean']:.1f}")  # fmt: skip
-    for name, ok in targets:
-        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-    print(f"result: {args.out / 'result.json'}")
-    return 0
+    return report_targets(targets, f"{args.out / 'result.json'}")
 
 
 if __name__ == "__main__":

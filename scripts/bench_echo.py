@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from benchlib import ROOT, report_targets  # noqa: E402  (also sets the import paths)
 
 from speech import say  # noqa: E402
 
@@ -153,10 +151,7 @@ def main() -> int:
         ("protected: echo reduction >= 25 dB after 3 s", (p["echo_reduction_db_after_3s"] or 0) >= 25),
         ("unprotected run shows the loop (the benchmark bites)", u["self_triggered_turns"] > 0),
     ]
-    for name, ok in checks:
-        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-    print(f"result: {args.out / 'result.json'}")
-    return 0
+    return report_targets(checks, f"{args.out / 'result.json'}")
 
 
 if __name__ == "__main__":

@@ -35,9 +35,7 @@ import numpy as np
 import psutil
 import soundfile
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from benchlib import ROOT, report_targets  # noqa: E402  (also sets the import paths)
 
 from speech import conversation  # noqa: E402
 
@@ -250,10 +248,7 @@ def main() -> int:
         ("cold start <= 6 s", s["cold_start_s"] <= 6.0),
         ("peak RSS <= 1.5 GB (program + llama-server)", s["peak_rss_with_server_mb"] <= 1536),
     ]
-    for name, ok in targets:
-        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-    print(f"result: {args.out / 'result.json'}, chart: {args.out / 'latency.png'}")
-    return 0
+    return report_targets(targets, f"{args.out / 'result.json'}, chart: {args.out / 'latency.png'}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,45 @@ def test_live_conversation_through_pulseaudio(pulse_env, tmp_path):
     assert "capital" in (tmp_path / "t.jsonl").read_text().lower()
 
 
+def test_remote_llm_down_at_start_keeps_listening_and_recovers(pulse_env, tmp_path):
+    """`--llm-url` pointing at a server that is not up yet: the assistant listens anyway, apologizes
+    for questions it cannot answer, and answers once the server comes up, without a restart."""
+    from asr_llm_tts import LLM_UNAVAILABLE_REPLY
+    from fake_llama_server import FakeLlamaServer, Reply
+    from voice_assistant.llama_server import free_port
+
+    question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
+    llm = FakeLlamaServer(port=free_port())
+    program = subprocess.Popen(
+        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--llm-url", f"http://127.0.0.1:{llm.port}",
+         "--llm-wait-s", "0", "--transcript", str(tmp_path / "t.jsonl")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pulse_env, cwd=ROOT,
+    )  # fmt: skip
+    reader = LineReader(program.stdout)
+    try:
+        reader.wait_for("listening anyway", 90)
+        reader.wait_for("listening", 90)
+        subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
+        assert LLM_UNAVAILABLE_REPLY in reader.wait_for("Assistant:", 30)
+
+        llm.script(Reply(pieces=["Paris is the capital of France."]))
+        llm.start()
+        reader.wait_for("reachable again", 30)
+        subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
+        assert "Paris is the capital" in reader.wait_for("Assistant:", 30)
+        program.send_signal(signal.SIGTERM)
+        assert program.wait(timeout=5) == 0
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait()
+        llm.stop()
+        reader.join()
+    turns = (tmp_path / "t.jsonl").read_text().splitlines()
+    assert len(turns) == 2
+    assert "Paris" in turns[1] and "capital" in turns[1].lower()
+
+
 @pytest.mark.parametrize("protected", [True, False], ids=["aec-and-guards", "unprotected"])
 def test_speaker_coupled_into_microphone_does_not_make_it_answer_itself(pulse_env, tmp_path, protected):
     """A laptop without headphones: PulseAudio's loopback feeds the speaker back into the microphone.

@@ -55,6 +55,23 @@ def test_remote_server_going_away_and_coming_back():
         server.stop()
 
 
+def test_remote_server_down_at_start_live_mode_keeps_listening_file_mode_exits(caplog):
+    from asr_llm_tts import parse_args, start_llm
+    from voice_assistant.errors import SetupError
+    from voice_assistant.llama_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    client, server, ready = start_llm(parse_args(["--llm-url", url, "--llm-wait-s", "0"]), keep_listening=True)
+    try:
+        assert (server, ready) == (None, False)
+        assert client.base_url == url
+        assert any("not reachable" in r.message and "listening anyway" in r.message for r in caplog.records)
+    finally:
+        client.close()
+    with pytest.raises(SetupError, match="not reachable"):
+        start_llm(parse_args(["--llm-url", url, "--llm-wait-s", "0"]), keep_listening=False)
+
+
 @pytest.mark.parametrize(
     "reply",
     [

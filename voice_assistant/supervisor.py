@@ -69,7 +69,7 @@ class LLMSupervisor:
             return
         ready, detail = self.client.health(timeout_s=1.0)
         if not ready:
-            self._mark_down(f"llama-server at {self.client.base_url} unreachable ({detail}); retrying")
+            self.mark_down(f"llama-server at {self.client.base_url} unreachable ({detail}); retrying")
 
     def check(self) -> None:
         """One monitor step (the monitor thread calls it every `poll_s`)."""
@@ -99,14 +99,18 @@ class LLMSupervisor:
             except Exception:  # the monitor must outlive any single failure
                 log.exception("LLM monitor step failed")
 
-    def _mark_down(self, message: str) -> None:
+    def mark_down(self, message: str = "") -> None:
+        """The remote server does not answer: poll `/health` with backoff until it does.
+
+        `message`, the status line, is logged once when the server goes from up to down."""
         with self._lock:
             if self._down:
                 return
             self._down = True
             self._backoff_s = self.poll_s
             self._next_check_t = time.monotonic() + self._backoff_s
-        log.warning(message)
+        if message:
+            log.warning(message)
 
     def _restart(self, reason: str) -> None:
         with self._restart_lock:
