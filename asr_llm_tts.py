@@ -40,7 +40,7 @@ from voice_assistant.audio_io import (
     split_blocks,
 )
 from voice_assistant.endpointing import Endpoint, PauseSnapshot, SpeechLong, SpeechStart, UtteranceTracker
-from voice_assistant.errors import LLMError, LLMProtocolError, SetupError, VoiceAssistantError
+from voice_assistant.errors import LLMError, LLMProtocolError, LLMTooSlowError, SetupError, VoiceAssistantError
 from voice_assistant.history import Exchange, History, summary_prompt_messages
 from voice_assistant.llm_client import CompletionStream, LlamaClient
 from voice_assistant.metrics import MetricsFile, TranscriptFile, format_turn, llm_breakdown, ms
@@ -55,6 +55,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "short, plain sentences without lists, markdown or emoji."
 )
 LLM_ERROR_REPLY = "Sorry, I could not get an answer from the language model."
+LLM_SLOW_REPLY = "Sorry, the language model is too slow right now."
 LLM_UNAVAILABLE_REPLY = "Sorry, the language model is not available right now. I am still listening."
 VAD_CHUNK_S = INPUT_CHUNK_SAMPLES / INPUT_RATE_HZ
 STOP_COMMANDS = frozenset(
@@ -85,6 +86,7 @@ class AssistantConfig:
 
     system_prompt: str = DEFAULT_SYSTEM_PROMPT  # persona
     max_reply_tokens: int = 96  # n_predict per reply
+    reply_stall_s: float = 20.0  # after the first token, a reply with nothing new to say this long ends
     temperature: float = 0.6  # sampling temperature
     use_http2: bool = False  # httpx HTTP/2 for the line reader (llama-server speaks HTTP/1.1 only)
     use_raw_stream: bool = True  # raw-byte SSE reader instead of httpx's line iterator
@@ -934,20 +936,30 @@ class VoiceConversationSystem:
             chunker.feed(" ")  # the prompt ended mid-reply; keep words apart
         if self.config.pause_asr_during_prefill:
             self._asr_paused.set()
+        progress_t = 0.0  # last speakable progress; the read timeout covers the wait for the first token
         try:
             for piece in stream:
                 self._asr_paused.clear()
+                now = time.monotonic()
+                progress_t = progress_t or now
                 if not self.turns.is_current(turn.turn_id):
                     stream.abort()
                     break
                 if stream.stats.tokens > self.config.max_reply_tokens + 16:
                     stream.abort()  # the server ignores n_predict: do not stream for ever
                     raise LLMProtocolError(f"llama-server kept streaming past {self.config.max_reply_tokens} tokens")
+                if now - progress_t > self.config.reply_stall_s:
+                    stream.abort()  # a trickle each read-timeout apart, or thinking that never ends
+                    raise LLMTooSlowError(
+                        f"nothing speakable for {self.config.reply_stall_s:.0f} s "
+                        f"({stream.stats.tokens} tokens so far); ending the reply"
+                    )
                 visible = think.feed(piece)
                 turn.raw_text += visible
                 for sentence in chunker.feed(visible):
                     self._emit(turn, index, sentence)
                     index += 1
+                    progress_t = now
             else:
                 if self.turns.is_current(turn.turn_id):
                     for sentence in chunker.feed(think.flush()) + chunker.flush():
@@ -957,7 +969,7 @@ class VoiceConversationSystem:
             log.error("turn %d: %s", turn.turn_id, exc)
             if index == start_index and not continuation and self._retry_shorter(turn, exc):
                 return
-            self._emit_error_reply(turn)
+            self._emit_error_reply(turn, LLM_SLOW_REPLY if isinstance(exc, LLMTooSlowError) else LLM_ERROR_REPLY)
             self._report_llm_failure(exc)
             return
         finally:
@@ -1134,6 +1146,7 @@ def assistant_config_from_args(args) -> AssistantConfig:
     return AssistantConfig(
         system_prompt=args.system_prompt,
         max_reply_tokens=args.max_reply_tokens,
+        reply_stall_s=float(args.llm_timeout_s),
         use_http2=args.use_http2,
         use_raw_stream=args.use_raw_stream,
         pause_asr_during_prefill=args.pause_asr_during_prefill,
@@ -1462,7 +1475,8 @@ def parse_args(argv=None):
                    help="how long to wait for an --llm-url server that is not up yet at start; then live "
                         "mode keeps listening and polls it, file mode and --test exit with an error")
     p.add_argument("--llm-timeout-s", type=positive_int, default=20,
-                   help="a reply stream silent this long counts as a hung server")
+                   help="a reply stream silent this long counts as a hung server; once the reply has "
+                        "begun, this long without a new sentence to speak ends it as too slow")
     p.add_argument("--llm-context", type=positive_int, default=4096, help="context tokens per server slot")
     p.add_argument("--asr-threads", type=positive_int, default=2, help="CTranslate2 threads for faster-whisper")
     p.add_argument("--tts-threads", type=positive_int, default=1, help="onnxruntime threads for Piper")

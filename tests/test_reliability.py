@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 
-from asr_llm_tts import LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY
+from asr_llm_tts import LLM_ERROR_REPLY, LLM_SLOW_REPLY, LLM_UNAVAILABLE_REPLY
 from fake_llama_server import FakeLlamaServer, Reply
 from test_system import Harness, wait_until
 from voice_assistant.supervisor import LLMSupervisor
@@ -107,6 +108,27 @@ def test_endless_stream_is_cut_off():
             assert h.synth.spoken[-1] == LLM_ERROR_REPLY
             h.wait_idle()
             assert h.system.turn_metrics[-1]["llm"]["generation_phase"]["tokens"] == 10 + 17
+        finally:
+            h.close()
+
+
+def test_stream_that_trickles_without_a_sentence_ends_as_too_slow():
+    """Tokens arrive often enough to beat the read timeout, but nothing speakable comes of them."""
+    with FakeLlamaServer() as server:
+        h = Harness(server, max_reply_tokens=10_000, reply_stall_s=1.0, first_chunk_max_words=0)
+        try:
+            server.script(Reply(pieces=["Well."], endless=True, endless_piece=" hmm", interval_s=0.05),
+                          Reply(pieces=["Quick answer."]))  # fmt: skip
+            started = time.monotonic()
+            turn = h.system.submit_user_text("think out loud")
+            h.play_reply(turn)
+            assert server.wait_for_hangup()
+            assert h.synth.spoken == ["Well.", LLM_SLOW_REPLY]
+            assert 1.0 <= time.monotonic() - started < 4.0
+            h.wait_idle()
+            tokens = h.system.turn_metrics[-1]["llm"]["generation_phase"]["tokens"]
+            assert 15 <= tokens < 80  # cut at about 1 s of 20 tokens/s, far from the token cap
+            assert answer(h, "again") == "Quick answer."
         finally:
             h.close()
 

@@ -6,7 +6,8 @@
     │   └── WavFormatError
     └── LLMError            a problem talking to llama-server during a turn
         ├── LLMConnectionError   cannot connect, connection lost, read timed out
-        └── LLMProtocolError     HTTP error status or a malformed response
+        ├── LLMProtocolError     HTTP error status or a malformed response
+        └── LLMTooSlowError      tokens keep coming, but nothing speakable for too long
 
 Errors are converted to these types once, at the boundary of the module that meets them.
 `main()` turns a SetupError into one line on stderr and a non-zero exit.
@@ -40,3 +41,7 @@ class LLMConnectionError(LLMError):
 
 class LLMProtocolError(LLMError):
     """The server answered with an HTTP error or a response we cannot parse."""
+
+
+class LLMTooSlowError(LLMError):
+    """The reply made no speakable progress for too long (a trickling or endlessly thinking stream)."""
