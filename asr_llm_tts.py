@@ -390,11 +390,19 @@ class VoiceConversationSystem:
                 return
 
     def _run_device_monitor(self, poll_s: float = 1.0, retry_s: float = 2.0) -> None:
-        """device-monitor thread: report a vanished audio device in one line, reopen it when it returns."""
-        broken: dict[str, float] = {}
+        """device-monitor thread: report a vanished audio device in one line, reopen it when it returns.
+
+        A device is back only once it delivers: a reopened microphone that stays silent is reopened
+        again, still within the same outage and without another line."""
+        broken: dict[str, float] = {}  # device -> when to try reopening it next
         while not self._stopping.wait(poll_s):
             for name, device in (("output", self.sink), ("input", self.source)):
-                if device is None or not hasattr(device, "healthy") or device.healthy():
+                if device is None or not hasattr(device, "healthy"):
+                    continue
+                if device.healthy():
+                    if name in broken and device.delivering():
+                        del broken[name]
+                        log.warning("audio %s device is back", name)
                     continue
                 now = time.monotonic()
                 if name not in broken:
@@ -408,8 +416,9 @@ class VoiceConversationSystem:
                 except SetupError as exc:
                     log.debug("audio %s device still unavailable: %s", name, exc)
                     continue
-                del broken[name]
-                log.warning("audio %s device is back", name)
+                if device.healthy() and device.delivering():
+                    del broken[name]
+                    log.warning("audio %s device is back", name)
 
     # ------------------------------------------------------------------ audio in
 
@@ -1529,9 +1538,31 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)
 
 
+def divert_native_stderr(path: Path) -> None:
+    """Send what C libraries write to file descriptor 2 into `path`; `sys.stderr` keeps the terminal.
+
+    ALSA and PortAudio print a dozen lines (`ALSA lib pcm.c: ...`, `Expression '...' failed in
+    pa_linux_alsa.c`) when they enumerate devices or a device vanishes. Our own one-line messages
+    already say what happened; theirs go to the log for whoever wants the details.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        log.debug("native library messages stay on the terminal: %s", exc)
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    os.dup2(target, 2)
+    os.close(target)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, errors="backslashreplace")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level)
+    if (args.input_wav is None or args.test or args.list_devices) and args.log_level != "DEBUG":
+        divert_native_stderr(state_dir() / "native-stderr.log")  # audio devices are about to be opened
     if args.list_devices:
         from voice_assistant.audio_io import list_devices
 

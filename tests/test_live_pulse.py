@@ -29,33 +29,47 @@ pytestmark = [pytest.mark.slow, pytest.mark.live]
 PULSE_SOCKET = "/var/run/pulse/native"
 
 
-@pytest.fixture(scope="module")
-def pulse_env():
-    if shutil.which("pulseaudio") is None:
-        pytest.fail("pulseaudio is not installed: scripts/setup.sh installs it")
-    env = dict(os.environ, PULSE_SERVER=f"unix:{PULSE_SOCKET}")
-    started = None
-    if subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
-        started = subprocess.Popen(
-            ["pulseaudio", "--system", "--daemonize=no", "--disallow-exit", "--exit-idle-time=-1",
-             "--disable-shm=yes", "-n", "--load=module-native-protocol-unix auth-anonymous=1",
-             "--load=module-null-sink sink_name=spk", "--load=module-null-sink sink_name=micbus"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
-            assert time.monotonic() < deadline, "PulseAudio did not start"
-            time.sleep(0.1)
+PULSE_COMMAND = [
+    "pulseaudio", "--system", "--daemonize=no", "--disallow-exit", "--exit-idle-time=-1", "--disable-shm=yes",
+    "-n", "--load=module-null-sink sink_name=spk", "--load=module-null-sink sink_name=micbus",
+    "--load=module-default-device-restore",  # a restarted daemon comes back with spk / micbus.monitor
+    "--load=module-native-protocol-unix auth-anonymous=1",  # last: clients connect to a ready server
+]  # fmt: skip
+STARTED: dict[str, subprocess.Popen | None] = {"pulse": None}  # the daemon this module runs, if it runs one
+
+
+def start_pulse(env: dict) -> subprocess.Popen:
+    daemon = subprocess.Popen(PULSE_COMMAND, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "PulseAudio did not start"
+        time.sleep(0.1)
+    return daemon
+
+
+def use_null_sinks(env: dict) -> None:
     sinks = subprocess.run(["pactl", "list", "short", "sinks"], env=env, capture_output=True, text=True).stdout
     for name in ("spk", "micbus"):
         if name not in sinks:
             subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={name}"], env=env, check=True)
     subprocess.run(["pactl", "set-default-sink", "spk"], env=env, check=True)
     subprocess.run(["pactl", "set-default-source", "micbus.monitor"], env=env, check=True)
+
+
+@pytest.fixture(scope="module")
+def pulse_env():
+    if shutil.which("pulseaudio") is None:
+        pytest.fail("pulseaudio is not installed: scripts/setup.sh installs it")
+    env = dict(os.environ, PULSE_SERVER=f"unix:{PULSE_SOCKET}")
+    if subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
+        STARTED["pulse"] = start_pulse(env)
+    use_null_sinks(env)
     yield env
-    if started is not None:
-        started.terminate()
-        started.wait(timeout=5)
+    daemon = STARTED["pulse"]
+    if daemon is not None:
+        daemon.terminate()
+        daemon.wait(timeout=5)
+        STARTED["pulse"] = None
 
 
 class LineReader:
@@ -215,3 +229,48 @@ def test_speaker_coupled_into_microphone_does_not_make_it_answer_itself(pulse_en
         assert any("echo cancellation:" in line for line in reader.seen), reader.seen
     else:
         assert len(questions) > 1, reader.seen  # it took its own voice for the user
+
+
+
+def test_sound_server_dying_and_returning_is_one_line_each_way_and_the_conversation_goes_on(pulse_env, tmp_path):
+    """The realistic "device vanished": the sound server dies under open streams (a crash, a USB
+    headset yanked), then comes back. One line each way, no native-library noise on the terminal,
+    and the next question is answered through the reopened devices."""
+    if STARTED["pulse"] is None:
+        pytest.skip("PulseAudio was already running: this test kills only a daemon it started itself")
+    question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
+    program = subprocess.Popen(
+        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--transcript", str(tmp_path / "t.jsonl"),
+         "--max-reply-tokens", "40", "--server-log", str(tmp_path / "server.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pulse_env, cwd=ROOT,
+    )  # fmt: skip
+    reader = LineReader(program.stdout)
+    try:
+        reader.wait_for("listening", 90)
+        STARTED["pulse"].kill()
+        STARTED["pulse"].wait(timeout=5)
+        killed_t = time.monotonic()
+        reader.wait_for("audio output device stopped", 10)
+        reader.wait_for("audio input device stopped", 10)
+        assert time.monotonic() - killed_t < 5.0
+        STARTED["pulse"] = start_pulse(pulse_env)
+        use_null_sinks(pulse_env)
+        back_t = time.monotonic()
+        reader.wait_for("device is back", 15)
+        reader.wait_for("device is back", 15)
+        assert time.monotonic() - back_t < 10.0
+        subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
+        assert "capital" in reader.wait_for("You:", 30).lower()
+        reader.wait_for("Assistant:", 60)
+        program.send_signal(signal.SIGTERM)
+        assert program.wait(timeout=5) == 0
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait()
+        reader.join()
+    noise = [line for line in reader.seen if "pa_linux_alsa.c" in line or line.startswith("ALSA lib")]
+    assert not noise, noise  # native messages go to the state dir's native-stderr.log
+    stopped = [line for line in reader.seen if "device stopped" in line]
+    assert len(stopped) == 2, stopped  # one line per device, not one per retry
+    assert "capital" in (tmp_path / "t.jsonl").read_text().lower()

@@ -235,6 +235,10 @@ class SpeakerSink(AudioSink):
         stream = self._stream
         return stream is not None and stream.active and not self.error
 
+    def delivering(self) -> bool:
+        """An open output stream takes audio at once: healthy is enough."""
+        return True
+
     def reopen(self) -> None:
         """Open the device again (device-monitor thread); AudioDeviceError if it is still gone."""
         self.close()
@@ -345,6 +349,7 @@ class MicrophoneSource(AudioSource):
         self.dropped_chunks = 0
         self.error = ""
         self._last_chunk_t = 0.0
+        self._chunks_since_open = 0
 
     def healthy(self) -> bool:
         stream = self._stream
@@ -354,6 +359,10 @@ class MicrophoneSource(AudioSource):
             self.error = f"no audio for {self.STALL_S:.0f} s"
             return False
         return True
+
+    def delivering(self) -> bool:
+        """Audio has arrived since the stream was (re)opened."""
+        return self._chunks_since_open > 0
 
     def reopen(self) -> None:
         """Open the device again (device-monitor thread); AudioDeviceError if it is still gone."""
@@ -369,6 +378,7 @@ class MicrophoneSource(AudioSource):
     def _open(self) -> None:
         import sounddevice
 
+        self._chunks_since_open = 0  # before the stream starts: its callbacks count from here
         try:
             stream = sounddevice.InputStream(
                 samplerate=INPUT_RATE_HZ, channels=1, dtype="float32", device=self.device,
@@ -389,6 +399,7 @@ class MicrophoneSource(AudioSource):
 
     def _callback(self, indata, frames, time_info, status) -> None:
         self._last_chunk_t = time.monotonic()
+        self._chunks_since_open += 1
         captured_t = time.monotonic() - max(0.0, time_info.currentTime - time_info.inputBufferAdcTime)
         try:
             self._queue.put_nowait((indata[:, 0].copy(), captured_t))
