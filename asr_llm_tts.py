@@ -266,6 +266,7 @@ class VoiceConversationSystem:
         self._endpoint_for = 0.0  # speech_end_t of the last utterance whose turn is over
         self._no_words_for = 0.0  # utterance transcribed as empty, waiting for its endpoint
         self._final_from_cache = False
+        self._final_audio: np.ndarray | None = None  # the utterance RealtimeSTT is transcribing
 
         # asr state (RealtimeSTT callbacks)
         self._recording = False
@@ -775,7 +776,11 @@ class VoiceConversationSystem:
         self._transcribing_since = time.monotonic()
         self._utterance_end_t = self.tracker.last_speech_end_t or time.monotonic()
 
-    def _on_transcription_start(self, *args) -> bool:
+    def _on_transcription_start(self, audio=None, *args) -> bool:
+        """RealtimeSTT passes the utterance (16 kHz float32) it is about to transcribe: keep it for
+        the voice checks of `on_final_text`, which a transcript not served from cache must pass too."""
+        with self._lock:
+            self._final_audio = None if audio is None else np.asarray(audio, dtype=np.float32)
         return False  # False: RealtimeSTT goes on to transcribe
 
     def _run_asr(self) -> None:
@@ -796,10 +801,12 @@ class VoiceConversationSystem:
         """A finished utterance: answer it, or resume a falsely interrupted reply if it had no words."""
         with self._lock:
             from_cache, self._final_from_cache = self._final_from_cache, False
+            audio, self._final_audio = self._final_audio, None
         if from_cache:
             return  # RealtimeSTT confirmed the utterance we already answered speculatively
         if clean_for_speech(text):
-            reason = self._rejects(text, speech_end_t - 2.0, speech_end_t)
+            start_t = speech_end_t - (len(audio) / INPUT_RATE_HZ if audio is not None else 2.0)
+            reason = self._rejects(text, start_t, speech_end_t, audio)
             if reason:
                 log.info("ignored %r: %s", text, reason)
                 self._on_no_words()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_file_mode(tmp_path: Path, in_wav: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+def run_file_mode(tmp_path: Path, in_wav: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "out.wav"
     result = subprocess.run(
         [
@@ -25,7 +26,7 @@ def run_file_mode(tmp_path: Path, in_wav: Path, *extra: str) -> tuple[subprocess
             "--metrics-json", str(tmp_path / "metrics.json"), "--transcript", str(tmp_path / "transcript.jsonl"),
             "--server-log", str(tmp_path / "server.log"), *extra,
         ],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
@@ -159,3 +160,56 @@ def test_ctrl_c_mid_reply_stops_within_2_s_and_keeps_finished_turns(tmp_path):
     assert lines[-1]["interrupted"] is True and "story" in lines[-1]["user"].lower()  # cut by Ctrl-C
     assert soundfile.info(str(tmp_path / "out.wav")).duration > 5
     assert not any("Traceback" in line for line in reader.seen)
+
+
+@pytest.fixture(scope="module")
+def two_voices(tmp_path_factory):
+    """An enrolled user (espeak) asks a question; then a stranger asks another, 14 s later. The stranger
+    is Piper's voice (far from espeak's), which is also the assistant's: it speaks long after the short
+    answer ended, so only the speaker lock, not the own-voice guard, can refuse it.
+    Returns (XDG_DATA_HOME env, input WAV)."""
+    from speech import say
+    from voice_assistant.models import default_tts_model
+    from voice_assistant.tts import PiperSynthesizer
+    from voice_assistant.wavio import resample
+
+    folder = tmp_path_factory.mktemp("two_voices")
+    env = dict(os.environ, XDG_DATA_HOME=str(folder / "data"))
+    clips = [say(text, folder / f"enroll{i}.wav") for i, text in enumerate([
+        "The quick brown fox jumps over the lazy dog near the river bank.",
+        "I would like to know what the weather will be like tomorrow morning.",
+        "Please remind me to call my sister after dinner tonight.",
+    ])]  # fmt: skip
+    enrolled = subprocess.run([sys.executable, "-m", "voiceprint", "enroll", "alice", "--wav", *map(str, clips)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+
+    user, _ = soundfile.read(str(say("What is the capital of France?", folder / "user.wav")), dtype="float32")
+    piper = PiperSynthesizer.load(default_tts_model(), 1)
+    stranger = resample(piper.synthesize_all("Name a colour of the sky."), piper.sample_rate_hz, 16000)
+    silence = lambda seconds: np.zeros(int(seconds * 16000), dtype=np.float32)  # noqa: E731
+    in_wav = folder / "in.wav"
+    soundfile.write(str(in_wav), np.concatenate([silence(0.8), user, silence(14.0), stranger, silence(6.0)]), 16000,
+                    subtype="PCM_16")  # fmt: skip
+    return env, in_wav
+
+
+@pytest.mark.parametrize(
+    "flags, answered",
+    [
+        (["--speaker-lock", "alice"], ["capital"]),
+        (["--speaker-lock", "alice", "--speculate-after-ms", "0"], ["capital"]),  # the final-transcript path
+        ([], ["capital", "sky"]),  # without the lock both are answered: the test bites
+    ],
+    ids=["locked", "locked-no-speculation", "unlocked"],
+)
+def test_speaker_lock_answers_only_the_enrolled_voice(two_voices, tmp_path, flags, answered):
+    env, in_wav = two_voices
+    result, metrics = run_file_mode(tmp_path, in_wav, "--max-reply-tokens", "16", *flags, env=env)
+    users = [turn["user"].lower() for turn in metrics["turns"]]
+    assert len(users) == len(answered), result.stdout
+    for user, word in zip(users, answered):
+        assert word in user, users
+    assert "own voice" not in result.stdout, result.stdout  # the stranger spoke when nothing was playing
+    if len(answered) == 1:
+        assert "not the enrolled speaker" in result.stdout, result.stdout
