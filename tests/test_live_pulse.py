@@ -7,6 +7,7 @@ and what the program plays lands in `spk`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -100,41 +101,59 @@ class LineReader:
                 return line
 
     def join(self) -> None:
+        """Wait for the stream to end, then move every line not yet read into `seen`."""
         self._thread.join(timeout=5)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get().rstrip())
 
 
-def test_live_conversation_through_pulseaudio(pulse_env, tmp_path):
-    question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
+@contextlib.contextmanager
+def assistant(env: dict, *flags: str):
+    """The program running live on PulseAudio, with its output lines; killed at the end unless the
+    test stopped it, and every line it printed is in `reader.seen` afterwards."""
     program = subprocess.Popen(
-        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--transcript", str(tmp_path / "t.jsonl"),
-         "--max-reply-tokens", "40", "--server-log", str(tmp_path / "server.log")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pulse_env, cwd=ROOT,
+        [sys.executable, str(ROOT / "asr_llm_tts.py"), *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
     )  # fmt: skip
     reader = LineReader(program.stdout)
-    recorder = None
     try:
-        reader.wait_for("listening", 90)
-        children = psutil.Process(program.pid).children(recursive=True)
-        assert any("llama-server" in child.name() for child in children)
-        recorder = subprocess.Popen(
-            ["parecord", "--device=spk.monitor", "--file-format=wav", str(tmp_path / "spk.wav")], env=pulse_env
-        )
-        subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
-        heard = reader.wait_for("You:", 30)
-        assert "capital" in heard.lower()
-        reader.wait_for("turn 1:", 60)
-        stop_started = time.monotonic()
-        program.send_signal(signal.SIGTERM)
-        assert program.wait(timeout=5) == 0
-        assert time.monotonic() - stop_started < 3.0
+        yield program, reader
     finally:
         if program.poll() is None:
             program.kill()
             program.wait()
-        if recorder is not None:
-            recorder.terminate()
-            recorder.wait(timeout=5)
         reader.join()
+
+
+def stop(program: subprocess.Popen, timeout_s: float = 5.0) -> int:
+    """SIGTERM, as a service manager or `kill` would send; the exit status."""
+    program.send_signal(signal.SIGTERM)
+    return program.wait(timeout=timeout_s)
+
+
+def test_live_conversation_through_pulseaudio(pulse_env, tmp_path):
+    question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
+    recorder = None
+    with assistant(pulse_env, "--transcript", str(tmp_path / "t.jsonl"), "--max-reply-tokens", "40",
+                   "--server-log", str(tmp_path / "server.log")) as (program, reader):  # fmt: skip
+        try:
+            reader.wait_for("listening", 90)
+            children = psutil.Process(program.pid).children(recursive=True)
+            assert any("llama-server" in child.name() for child in children)
+            recorder = subprocess.Popen(
+                ["parecord", "--device=spk.monitor", "--file-format=wav", str(tmp_path / "spk.wav")], env=pulse_env
+            )
+            subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
+            heard = reader.wait_for("You:", 30)
+            assert "capital" in heard.lower()
+            reader.wait_for("turn 1:", 60)
+            stop_started = time.monotonic()
+            assert stop(program) == 0
+            assert time.monotonic() - stop_started < 3.0
+        finally:
+            if recorder is not None:
+                recorder.terminate()
+                recorder.wait(timeout=5)
     assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
     audio, rate = soundfile.read(str(tmp_path / "spk.wav"), dtype="float32")
     if audio.ndim > 1:
@@ -152,31 +171,22 @@ def test_remote_llm_down_at_start_keeps_listening_and_recovers(pulse_env, tmp_pa
 
     question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
     llm = FakeLlamaServer(port=free_port())
-    program = subprocess.Popen(
-        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--llm-url", f"http://127.0.0.1:{llm.port}",
-         "--llm-wait-s", "0", "--transcript", str(tmp_path / "t.jsonl")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pulse_env, cwd=ROOT,
-    )  # fmt: skip
-    reader = LineReader(program.stdout)
     try:
-        reader.wait_for("listening anyway", 90)
-        reader.wait_for("listening", 90)
-        subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
-        assert LLM_UNAVAILABLE_REPLY in reader.wait_for("Assistant:", 30)
+        with assistant(pulse_env, "--llm-url", f"http://127.0.0.1:{llm.port}", "--llm-wait-s", "0",
+                       "--transcript", str(tmp_path / "t.jsonl")) as (program, reader):  # fmt: skip
+            reader.wait_for("listening anyway", 90)
+            reader.wait_for("listening", 90)
+            subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
+            assert LLM_UNAVAILABLE_REPLY in reader.wait_for("Assistant:", 30)
 
-        llm.script(Reply(pieces=["Paris is the capital of France."]))
-        llm.start()
-        reader.wait_for("reachable again", 30)
-        subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
-        assert "Paris is the capital" in reader.wait_for("Assistant:", 30)
-        program.send_signal(signal.SIGTERM)
-        assert program.wait(timeout=5) == 0
+            llm.script(Reply(pieces=["Paris is the capital of France."]))
+            llm.start()
+            reader.wait_for("reachable again", 30)
+            subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
+            assert "Paris is the capital" in reader.wait_for("Assistant:", 30)
+            assert stop(program) == 0
     finally:
-        if program.poll() is None:
-            program.kill()
-            program.wait()
         llm.stop()
-        reader.join()
     turns = (tmp_path / "t.jsonl").read_text().splitlines()
     assert len(turns) == 2
     assert "Paris" in turns[1] and "capital" in turns[1].lower()
@@ -193,35 +203,19 @@ def test_speaker_coupled_into_microphone_does_not_make_it_answer_itself(pulse_en
         env=pulse_env, capture_output=True, text=True, check=True,
     ).stdout.strip()
     question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
-    program = subprocess.Popen(
-        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--max-reply-tokens", "60", "--metrics-json",
-         str(tmp_path / "m.json"), "--server-log", str(tmp_path / "server.log"),
-         "--system-prompt", "You are a friendly assistant. Answer in two or three full sentences.",
-         *([] if protected else ["--no-aec", "--no-echo-guards"])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pulse_env, cwd=ROOT,
-    )  # fmt: skip
-    reader = LineReader(program.stdout)
     try:
-        reader.wait_for("listening", 90)
-        time.sleep(3.0)  # the own-voice enrollment finishes in the background
-        subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
-        reader.wait_for("turn ", 60)  # the answer has played, through the speaker and back into the mic
-        deadline = time.monotonic() + 12.0  # listen on: it must not take its own voice for a question
-        while time.monotonic() < deadline:
-            try:
-                reader.seen.append(reader.lines.get(timeout=0.5).rstrip())
-            except queue.Empty:
-                pass
-        program.send_signal(signal.SIGTERM)
-        assert program.wait(timeout=10) == 0
+        with assistant(pulse_env, "--max-reply-tokens", "60", "--metrics-json", str(tmp_path / "m.json"),
+                       "--server-log", str(tmp_path / "server.log"),
+                       "--system-prompt", "You are a friendly assistant. Answer in two or three full sentences.",
+                       *([] if protected else ["--no-aec", "--no-echo-guards"])) as (program, reader):  # fmt: skip
+            reader.wait_for("listening", 90)
+            time.sleep(3.0)  # the own-voice enrollment finishes in the background
+            subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
+            reader.wait_for("turn ", 60)  # the answer has played, through the speaker and back into the mic
+            time.sleep(12.0)  # listen on: it must not take its own voice for a question
+            assert stop(program, timeout_s=10) == 0
     finally:
-        if program.poll() is None:
-            program.kill()
-            program.wait()
-        reader.join()
         subprocess.run(["pactl", "unload-module", module], env=pulse_env)
-    while not reader.lines.empty():
-        reader.seen.append(reader.lines.get().rstrip())
     questions = [line for line in reader.seen if line.startswith("You:")]
     assert "capital" in questions[0].lower(), reader.seen
     if protected:
@@ -231,7 +225,6 @@ def test_speaker_coupled_into_microphone_does_not_make_it_answer_itself(pulse_en
         assert len(questions) > 1, reader.seen  # it took its own voice for the user
 
 
-
 def test_sound_server_dying_and_returning_is_one_line_each_way_and_the_conversation_goes_on(pulse_env, tmp_path):
     """The realistic "device vanished": the sound server dies under open streams (a crash, a USB
     headset yanked), then comes back. One line each way, no native-library noise on the terminal,
@@ -239,13 +232,8 @@ def test_sound_server_dying_and_returning_is_one_line_each_way_and_the_conversat
     if STARTED["pulse"] is None:
         pytest.skip("PulseAudio was already running: this test kills only a daemon it started itself")
     question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
-    program = subprocess.Popen(
-        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--transcript", str(tmp_path / "t.jsonl"),
-         "--max-reply-tokens", "40", "--server-log", str(tmp_path / "server.log")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pulse_env, cwd=ROOT,
-    )  # fmt: skip
-    reader = LineReader(program.stdout)
-    try:
+    with assistant(pulse_env, "--transcript", str(tmp_path / "t.jsonl"), "--max-reply-tokens", "40",
+                   "--server-log", str(tmp_path / "server.log")) as (program, reader):  # fmt: skip
         reader.wait_for("listening", 90)
         STARTED["pulse"].kill()
         STARTED["pulse"].wait(timeout=5)
@@ -262,13 +250,7 @@ def test_sound_server_dying_and_returning_is_one_line_each_way_and_the_conversat
         subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
         assert "capital" in reader.wait_for("You:", 30).lower()
         reader.wait_for("Assistant:", 60)
-        program.send_signal(signal.SIGTERM)
-        assert program.wait(timeout=5) == 0
-    finally:
-        if program.poll() is None:
-            program.kill()
-            program.wait()
-        reader.join()
+        assert stop(program) == 0
     noise = [line for line in reader.seen if "pa_linux_alsa.c" in line or line.startswith("ALSA lib")]
     assert not noise, noise  # native messages go to the state dir's native-stderr.log
     stopped = [line for line in reader.seen if "device stopped" in line]
