@@ -413,13 +413,9 @@ class VoiceConversationSystem:
                     continue
                 broken[name] = now + retry_s
                 try:
-                    device.reopen()
+                    device.reopen()  # the next poll says it is back, once it delivers
                 except SetupError as exc:
                     log.debug("audio %s device still unavailable: %s", name, exc)
-                    continue
-                if device.healthy() and device.delivering():
-                    del broken[name]
-                    log.warning("audio %s device is back", name)
 
     # ------------------------------------------------------------------ audio in
 
