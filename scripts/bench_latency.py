@@ -113,7 +113,7 @@ def run_conversation(index: int, questions: list[str], work: Path, extra: list[s
 
 def naive_baseline(all_questions: list[list[str]], work: Path, end_of_speech_s: float) -> tuple[list[float], list]:
     """Sequential pipeline on the same audio: transcript, whole reply, whole speech, then play."""
-    from asr_llm_tts import DEFAULT_SYSTEM_PROMPT
+    from voice_assistant.config import DEFAULT_SYSTEM_PROMPT
     from speech import say
     from voice_assistant.asr import WhisperTranscriber, resolve_asr_model
     from voice_assistant.history import Exchange, History

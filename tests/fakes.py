@@ -1,4 +1,4 @@
-"""Fakes with the real components' names and contracts: synthesizer and audio sink."""
+"""Fakes with the real components' names and contracts: synthesizer, audio sink, VAD, transcriber."""
 
 from __future__ import annotations
 
@@ -78,3 +78,22 @@ class FakeAudioSink(AudioSink):
     def play_all(self) -> None:
         while self.play_next():
             pass
+
+
+class FakeVAD:
+    """Speech when the chunk is loud: lets tests script speech with plain arrays."""
+
+    def probability(self, chunk: np.ndarray) -> float:
+        return 1.0 if float(np.abs(chunk).mean()) > 0.1 else 0.0
+
+
+class FakeTranscriber:
+    """Scripted transcripts, one per call; records how much audio each call got."""
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+        self.audio_seconds: list[float] = []
+
+    def transcribe_text(self, audio: np.ndarray) -> str:
+        self.audio_seconds.append(len(audio) / 16000)
+        return self.texts.pop(0) if self.texts else ""

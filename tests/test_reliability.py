@@ -13,43 +13,27 @@ import time
 import pytest
 
 from asr_llm_tts import LLM_ERROR_REPLY, LLM_SLOW_REPLY, LLM_UNAVAILABLE_REPLY
+from conftest import Harness, wait_until
 from fake_llama_server import FakeLlamaServer, Reply
-from test_system import Harness, wait_until
-from voice_assistant.supervisor import LLMSupervisor
-
-
-def with_supervisor(h: Harness, **kwargs) -> LLMSupervisor:
-    supervisor = LLMSupervisor(h.system.client, kwargs.pop("server", None), poll_s=0.05, **kwargs)
-    h.system.supervisor = supervisor
-    monitor = threading.Thread(target=supervisor.run, args=(h.system._stopping,), name="llm-monitor", daemon=True)
-    h.system._threads.append(monitor)
-    monitor.start()
-    return supervisor
-
-
-def answer(h: Harness, text: str) -> str:
-    """Ask, play the whole reply, return what was spoken last."""
-    turn = h.system.submit_user_text(text)
-    h.play_reply(turn)
-    h.wait_idle()
-    return h.synth.spoken[-1]
+from voice_assistant.config import make_config
+from voice_assistant.devices import DeviceMonitor
 
 
 def test_remote_server_going_away_and_coming_back():
     server = FakeLlamaServer().start()
-    h = Harness(server)
+    h = Harness(server.url, supervisor={})
     try:
-        supervisor = with_supervisor(h)
+        supervisor = h.supervisor
         server.script(Reply(pieces=["First answer."]))
-        assert answer(h, "one") == "First answer."
+        assert h.answer("one") == "First answer."
         server.stop()
-        assert answer(h, "two") == LLM_ERROR_REPLY  # the request failed: a spoken apology
-        assert not supervisor.available
-        assert answer(h, "three") == LLM_UNAVAILABLE_REPLY  # known down: no wait for a connect timeout
+        assert h.answer("two") == LLM_ERROR_REPLY  # the request failed: a spoken apology
+        assert not supervisor.wait_settled(5.0)  # the monitor thread found it down
+        assert h.answer("three") == LLM_UNAVAILABLE_REPLY  # known down: no wait for a connect timeout
         server.start()  # same port
         server.script(Reply(pieces=["Back again."]))
         wait_until(lambda: supervisor.available)
-        assert answer(h, "four") == "Back again."
+        assert h.answer("four") == "Back again."
         assert supervisor.recoveries == 1
     finally:
         h.close()
@@ -57,12 +41,12 @@ def test_remote_server_going_away_and_coming_back():
 
 
 def test_remote_server_down_at_start_live_mode_keeps_listening_file_mode_exits(caplog):
-    from asr_llm_tts import parse_args, start_llm
+    from voice_assistant.assembly import start_llm
     from voice_assistant.errors import SetupError
     from voice_assistant.llama_server import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    client, server, ready = start_llm(parse_args(["--llm-url", url, "--llm-wait-s", "0"]), keep_listening=True)
+    client, server, ready = start_llm(make_config(llm_url=url, llm_wait_s=0), keep_listening=True)
     try:
         assert (server, ready) == (None, False)
         assert client.base_url == url
@@ -70,7 +54,7 @@ def test_remote_server_down_at_start_live_mode_keeps_listening_file_mode_exits(c
     finally:
         client.close()
     with pytest.raises(SetupError, match="not reachable"):
-        start_llm(parse_args(["--llm-url", url, "--llm-wait-s", "0"]), keep_listening=False)
+        start_llm(make_config(llm_url=url, llm_wait_s=0), keep_listening=False)
 
 
 @pytest.mark.parametrize(
@@ -84,14 +68,14 @@ def test_remote_server_down_at_start_live_mode_keeps_listening_file_mode_exits(c
 )
 def test_broken_stream_mid_reply_apologizes_and_next_turn_works(reply):
     with FakeLlamaServer() as server:
-        h = Harness(server)
+        h = Harness(server.url)
         try:
             server.script(reply, Reply(pieces=["All good."]))
             turn = h.system.submit_user_text("hello")
             h.play_reply(turn)
             h.wait_idle()
             assert h.synth.spoken == ["Fine so far.", LLM_ERROR_REPLY]
-            assert answer(h, "again") == "All good."
+            assert h.answer("again") == "All good."
             assert h.system.history.exchanges()[0].assistant.startswith("Fine so far.")
         finally:
             h.close()
@@ -99,7 +83,7 @@ def test_broken_stream_mid_reply_apologizes_and_next_turn_works(reply):
 
 def test_endless_stream_is_cut_off():
     with FakeLlamaServer() as server:
-        h = Harness(server, max_reply_tokens=10)
+        h = Harness(server.url, max_reply_tokens=10)
         try:
             server.script(Reply(pieces=["Start."], endless=True, interval_s=0.001))
             turn = h.system.submit_user_text("talk forever")
@@ -107,7 +91,7 @@ def test_endless_stream_is_cut_off():
             assert server.wait_for_hangup()
             assert h.synth.spoken[-1] == LLM_ERROR_REPLY
             h.wait_idle()
-            assert h.system.turn_metrics[-1]["llm"]["generation_phase"]["tokens"] == 10 + 17
+            assert h.system.metrics.turns[-1]["llm"]["generation_phase"]["tokens"] == 10 + 17
         finally:
             h.close()
 
@@ -115,7 +99,7 @@ def test_endless_stream_is_cut_off():
 def test_stream_that_trickles_without_a_sentence_ends_as_too_slow():
     """Tokens arrive often enough to beat the read timeout, but nothing speakable comes of them."""
     with FakeLlamaServer() as server:
-        h = Harness(server, max_reply_tokens=10_000, reply_stall_s=1.0, first_chunk_max_words=0)
+        h = Harness(server.url, max_reply_tokens=10_000, llm_timeout_s=1, first_chunk_max_words=0)
         try:
             server.script(Reply(pieces=["Well."], endless=True, endless_piece=" hmm", interval_s=0.05),
                           Reply(pieces=["Quick answer."]))  # fmt: skip
@@ -126,22 +110,21 @@ def test_stream_that_trickles_without_a_sentence_ends_as_too_slow():
             assert h.synth.spoken == ["Well.", LLM_SLOW_REPLY]
             assert 1.0 <= time.monotonic() - started < 4.0
             h.wait_idle()
-            tokens = h.system.turn_metrics[-1]["llm"]["generation_phase"]["tokens"]
+            tokens = h.system.metrics.turns[-1]["llm"]["generation_phase"]["tokens"]
             assert 15 <= tokens < 80  # cut at about 1 s of 20 tokens/s, far from the token cap
-            assert answer(h, "again") == "Quick answer."
+            assert h.answer("again") == "Quick answer."
         finally:
             h.close()
 
 
 def test_http_error_then_recovery_without_restart():
     with FakeLlamaServer() as server:
-        h = Harness(server)
+        h = Harness(server.url, supervisor={})
         try:
-            supervisor = with_supervisor(h)
             server.script(Reply(status=503, error_message="loading model"), Reply(pieces=["Ready now."]))
-            assert answer(h, "hi") == LLM_ERROR_REPLY
-            assert supervisor.available  # /health still answers: no reason to call it down
-            assert answer(h, "hi again") == "Ready now."
+            assert h.answer("hi") == LLM_ERROR_REPLY
+            assert h.supervisor.wait_settled(5.0)  # /health still answers: no reason to call it down
+            assert h.answer("hi again") == "Ready now."
         finally:
             h.close()
 
@@ -162,12 +145,8 @@ def real_server(tmp_path):
     server.stop()
 
 
-def real_harness(real_server, **config):
-    h = Harness.__new__(Harness)
-    fake = type("S", (), {"url": real_server.url})()
-    Harness.__init__(h, fake, **config)
-    h.system.client.read_timeout_s = 2.0
-    return h
+def real_harness(real_server, read_timeout_s: float = 2.0, **config):
+    return Harness(real_server.url, read_timeout_s=read_timeout_s, **config)
 
 
 @pytest.mark.slow
@@ -177,32 +156,32 @@ def real_harness(real_server, **config):
     ids=["killed", "hung"],
 )
 def test_server_dead_or_hung_mid_reply_is_restarted(real_server, fault):
-    h = real_harness(real_server, max_reply_tokens=120, system_prompt="Tell long stories.")
+    h = real_harness(real_server, max_reply_tokens=120, system_prompt="Tell long stories.", supervisor={"server": real_server})
     try:
-        supervisor = with_supervisor(h, server=real_server)
+        supervisor = h.supervisor
         turn = h.system.submit_user_text("Tell me a long story about a cat.")
         wait_until(lambda: len(h.synth.spoken) >= 1)
         os.kill(real_server.pid, fault)
         h.play_reply(turn)  # the turn ends with an apology
         assert h.synth.spoken[-1] == LLM_ERROR_REPLY
         wait_until(lambda: supervisor.restart_count == 1 and supervisor.available, timeout_s=30)
-        assert answer(h, "What is the capital of France?") not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
+        assert h.answer("What is the capital of France?") not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
     finally:
         h.close()
 
 
 @pytest.mark.slow
 def test_crash_loop_stops_restarting(real_server):
-    h = real_harness(real_server)
+    h = real_harness(real_server, supervisor={"server": real_server, "max_restarts": 2, "window_s": 60.0})
     try:
-        supervisor = with_supervisor(h, server=real_server, max_restarts=2, window_s=60.0)
+        supervisor = h.supervisor
         for expected in (1, 2):
             os.kill(real_server.pid, signal.SIGKILL)
             wait_until(lambda: supervisor.restart_count == expected and supervisor.available, timeout_s=30)
         os.kill(real_server.pid, signal.SIGKILL)
         wait_until(lambda: supervisor.gave_up, timeout_s=30)
         assert not real_server.alive()
-        assert answer(h, "anyone there?") == LLM_UNAVAILABLE_REPLY
+        assert h.answer("anyone there?") == LLM_UNAVAILABLE_REPLY
         assert supervisor.restart_count == 2
     finally:
         h.close()
@@ -253,46 +232,42 @@ def test_output_device_vanishing_is_reported_and_reopened(monkeypatch, caplog):
 
     portaudio = FakePortAudio()
     monkeypatch.setattr(sounddevice, "OutputStream", portaudio.stream_class())
-    with FakeLlamaServer() as server:
-        h = Harness(server)
-        sink = SpeakerSink(None, 1000, 20)
-        h.system.sink = sink
-        monitor = threading.Thread(
-            target=h.system._run_device_monitor, kwargs={"poll_s": 0.02, "retry_s": 0.05}, daemon=True
-        )
-        try:
-            sink.start(0.0)
-            monitor.start()
-            assert sink.healthy()
-            portaudio.present = False
-            portaudio.streams[-1].die()
-            wait_until(lambda: "audio output device stopped" in caplog.text)
-            assert "the output stream ended" in caplog.text
-            assert not sink.healthy()
-            portaudio.present = True
-            wait_until(lambda: "audio output device is back" in caplog.text)
-            assert sink.healthy() and portaudio.opened == 2
-            lines = [r for r in caplog.records if "audio output device stopped" in r.getMessage()]
-            assert len(lines) == 1  # one clear line, not one per retry
-        finally:
-            h.system._stopping.set()
-            monitor.join(timeout=2)
-            sink.close()
-            h.close()
+    sink = SpeakerSink(None, 1000, 20)
+    stopping = threading.Event()
+    monitor = threading.Thread(target=DeviceMonitor({"output": sink}, poll_s=0.02, retry_s=0.05).run, args=(stopping,),
+                               name="device-monitor", daemon=True)  # fmt: skip
+    try:
+        sink.start(0.0)
+        monitor.start()
+        assert sink.healthy()
+        portaudio.present = False
+        portaudio.streams[-1].die()
+        wait_until(lambda: "audio output device stopped" in caplog.text)
+        assert "the output stream ended" in caplog.text
+        assert not sink.healthy()
+        portaudio.present = True
+        wait_until(lambda: "audio output device is back" in caplog.text)
+        assert sink.healthy() and portaudio.opened == 2
+        lines = [r for r in caplog.records if "audio output device stopped" in r.getMessage()]
+        assert len(lines) == 1  # one clear line, not one per retry
+    finally:
+        stopping.set()
+        monitor.join(timeout=2)
+        sink.close()
 
 
 @pytest.mark.slow
 def test_enormous_utterance_keeps_its_last_words_and_the_conversation_goes_on(real_server):
-    h = real_harness(real_server)
-    h.system.client.read_timeout_s = 30.0  # prefilling about 1000 tokens takes a few seconds here
+    # prefilling about 1000 tokens takes a few seconds here
+    h = real_harness(real_server, read_timeout_s=30.0, supervisor={"server": real_server})
     try:
-        supervisor = with_supervisor(h, server=real_server)
+        supervisor = h.supervisor
         enormous = " ".join(["and then I went to the market"] * 900)  # about 6000 tokens: past the context
-        assert answer(h, enormous) not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)  # its last words are answered
+        assert h.answer(enormous) not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)  # its last words are answered
         assert h.system.history.exchanges()[-1].user.startswith("... ")
         assert len(h.system.history.exchanges()[-1].user) <= 4004
         assert supervisor.restart_count == 0 and supervisor.available
-        assert answer(h, "Say hello.") not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
+        assert h.answer("Say hello.") not in (LLM_ERROR_REPLY, LLM_UNAVAILABLE_REPLY)
     finally:
         h.close()
 
@@ -301,8 +276,7 @@ def test_enormous_utterance_keeps_its_last_words_and_the_conversation_goes_on(re
 def test_history_that_outgrows_the_context_is_shortened(real_server):
     from voice_assistant.history import Exchange
 
-    h = real_harness(real_server)
-    h.system.client.read_timeout_s = 30.0  # the first, too long prompt and the refill take seconds
+    h = real_harness(real_server, read_timeout_s=30.0)  # the first, too long prompt and the refill take seconds
     try:
         for _ in range(10):  # long earlier exchanges, about 5000 tokens in all
             h.system.history.add(Exchange("tell me everything", "and then the story went on " * 75, False))

@@ -7,76 +7,14 @@ stand in for Piper and the speaker. Steps are ordered with gates and events, nev
 from __future__ import annotations
 
 import threading
-import time
 
-import numpy as np
 import pytest
 
-from asr_llm_tts import LLM_ERROR_REPLY, AssistantConfig, VoiceConversationSystem
-from fake_llama_server import FakeLlamaServer, Reply
-from fakes import FakeAudioSink, FakeSynthesizer
-from voice_assistant.audio_io import AudioBlock
+from asr_llm_tts import LLM_ERROR_REPLY
+from conftest import TIMEOUT_S, Harness, wait_until
+from fake_llama_server import Reply
+from voice_assistant.defense import SelfSpeechDefense
 from voice_assistant.history import INTERRUPTED_MARK
-from voice_assistant.llm_client import LlamaClient
-
-TIMEOUT_S = 10.0
-
-
-def wait_until(predicate, event: threading.Event | None = None, timeout_s: float = TIMEOUT_S) -> None:
-    """Wait for a condition that another thread makes true, waking on `event` when given."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        if event is not None:
-            event.wait(0.01)
-            event.clear()
-        else:
-            time.sleep(0.005)
-
-
-class Harness:
-    def __init__(self, server: FakeLlamaServer, **config) -> None:
-        config.setdefault("first_clause_min_words", 0)
-        self.server = server
-        self.sink = FakeAudioSink()
-        self.synth = FakeSynthesizer()
-        self.system = VoiceConversationSystem(
-            AssistantConfig(**config), LlamaClient(server.url, read_timeout_s=5.0), self.synth, self.sink
-        )
-        self.system.start()
-
-    def blocks_of(self, turn_id: int) -> list[AudioBlock]:
-        return [block for block in self.sink.played if block.turn_id == turn_id]
-
-    def queued_blocks(self) -> int:
-        return sum(isinstance(item, AudioBlock) for item in list(self.sink.queue._items))
-
-    def play_reply(self, turn_id: int) -> None:
-        """Play until the reply's end marker has been reached."""
-        def done():
-            self.sink.play_next()
-            return turn_id in self.sink.ends
-
-        wait_until(done, self.sink.item_arrived)
-
-    def wait_idle(self) -> None:
-        wait_until(self.system.is_idle)
-
-    def close(self) -> None:
-        self.system.close()
-
-
-@pytest.fixture()
-def server():
-    with FakeLlamaServer() as fake:
-        yield fake
-
-
-@pytest.fixture()
-def harness(server):
-    h = Harness(server)
-    yield h
-    h.close()
 
 
 def test_turn_is_spoken_and_recorded(harness, server):
@@ -96,7 +34,7 @@ def test_turn_is_spoken_and_recorded(harness, server):
     assert body["stream"] is True and body["cache_prompt"] is True and body["id_slot"] == 0
     assert "What is the capital of France?" in body["prompt"]
     assert "mirostat" not in body and "typical_p" not in body  # low_latency_mode strips them
-    metrics = harness.system.turn_metrics[-1]
+    metrics = harness.system.metrics.turns[-1]
     assert metrics["llm"]["generation_phase"]["tokens"] == 3
     assert metrics["voice_to_voice_ms"] is not None and metrics["tts_first_chunk_ms"] is not None
 
@@ -112,7 +50,7 @@ def test_history_feeds_the_next_prompt_with_a_stable_prefix(harness, server):
 
 
 def test_low_latency_off_keeps_seed_sampling(server):
-    h = Harness(server, low_latency_mode=False)
+    h = Harness(server.url, low_latency_mode=False)
     try:
         h.play_reply(h.system.submit_user_text("hi"))
         body = server.completion_bodies[-1]
@@ -259,36 +197,18 @@ def test_false_interruption_resumes_the_reply(harness, server):
     assert exchanges[0].assistant.startswith("Sentence one is here. Sentence two is here.")
 
 
-class FakeVAD:
-    """Speech when the chunk is loud: lets tests script speech with plain arrays."""
-
-    def probability(self, chunk: np.ndarray) -> float:
-        return 1.0 if float(np.abs(chunk).mean()) > 0.1 else 0.0
-
-
-def feed(system, loud_chunks: int, t: float) -> float:
-    for _ in range(loud_chunks):
-        t += 0.032
-        system.on_audio(np.full(512, 0.5, dtype=np.float32), t)
-    for _ in range(5):
-        t += 0.032
-        system.on_audio(np.zeros(512, dtype=np.float32), t)
-    return t
-
-
 def test_short_sounds_do_not_barge_in_but_speech_does(server):
-    h = Harness(server, barge_in_min_speech_ms=250)
-    h.system.vad = FakeVAD()
+    h = Harness(server.url, mic=True, barge_in_min_speech_ms=250)
     try:
         gate = threading.Event()
         server.script(Reply(pieces=["Talking.", " more"], gates={1: gate}))
         turn = h.system.submit_user_text("hi")
         assert server.wait_until_blocked(gate)
-        t = feed(h.system, 4, 1000.0)  # 128 ms: a cough
-        assert h.system.turns.is_current(turn) and not h.system.barge_ins
-        feed(h.system, 9, t)  # 288 ms of speech
+        t = h.pause(5, h.speak(4, 1000.0))  # 128 ms: a cough
+        assert h.system.turns.is_current(turn) and not h.system.metrics.barge_ins
+        h.pause(5, h.speak(9, t))  # 288 ms of speech
         assert not h.system.turns.is_current(turn)
-        record = h.system.barge_ins[-1]
+        record = h.system.metrics.barge_ins[-1]
         assert record["turn"] == turn and 250 <= record["barge_in_detect_ms"] < 300
         assert server.wait_for_hangup()
         gate.set()
@@ -297,7 +217,7 @@ def test_short_sounds_do_not_barge_in_but_speech_does(server):
 
 
 def test_history_is_summarized_in_the_background(server):
-    h = Harness(server, summarize_after_turns=2, keep_recent_turns=1, history_trim_threshold=12)
+    h = Harness(server.url, summarize_after_turns=2, keep_recent_turns=1, history_trim_threshold=12)
     try:
         for i in range(3):
             server.script(Reply(pieces=[f"Answer {i}."]))
@@ -314,126 +234,87 @@ def test_history_is_summarized_in_the_background(server):
         h.close()
 
 
-class FakeTranscriber:
-    """Scripted transcripts, one per call; records how much audio each call got."""
-
-    def __init__(self, *texts: str) -> None:
-        self.texts = list(texts)
-        self.audio_seconds: list[float] = []
-
-    def transcribe_text(self, audio: np.ndarray) -> str:
-        self.audio_seconds.append(len(audio) / 16000)
-        return self.texts.pop(0) if self.texts else ""
-
-
-def speak(system, chunks: int, t: float) -> float:
-    for _ in range(chunks):
-        t += 0.032
-        system.on_audio(np.full(512, 0.5, dtype=np.float32), t)
-    return t
-
-
-def pause(system, chunks: int, t: float) -> float:
-    for _ in range(chunks):
-        t += 0.032
-        system.on_audio(np.zeros(512, dtype=np.float32), t)
-    return t
-
-
-def speculative_harness(server, *texts):
-    h = Harness(server, speculate_after_ms=96, end_of_speech_silence_ms=450)
-    h.system.transcriber = FakeTranscriber(*texts)
-    h.system.tracker.speculate_after_s = 0.096
-    h.system.vad = FakeVAD()
-    h.system._threads.append(threading.Thread(target=h.system._run_spec_asr, name="spec-asr", daemon=True))
-    h.system._threads[-1].start()
-    return h
-
-
 def test_speculative_answer_is_held_until_the_end_of_turn(server):
-    h = speculative_harness(server, "what time is it")
+    h = Harness(server.url, transcripts=("what time is it",), speculate_after_ms=96)
     try:
         server.script(Reply(pieces=["It is noon. ", "Have a nice day."]))
-        t = speak(h.system, 15, 500.0)
-        t = pause(h.system, 4, t)  # 128 ms: past speculate_after_ms, before the end of turn
-        wait_until(lambda: h.system._active is not None and len(h.system._active.held) > 3)
-        turn = h.system._active
+        t = h.speak(15, 500.0)
+        t = h.pause(4, t)  # 128 ms: past speculate_after_ms, before the end of turn
+        wait_until(lambda: h.system.active_turn() is not None and h.system.speech.held_blocks(h.system.active_turn().turn_id) > 3)
+        turn = h.system.active_turn()
         assert turn.tentative and turn.user_text == "what time is it"
         assert h.queued_blocks() == 0  # nothing reaches the speaker before the turn is over
         assert h.system.history.exchanges() == []
-        pause(h.system, 12, t)  # 512 ms of silence in all: the endpoint
+        h.pause(12, t)  # 512 ms of silence in all: the endpoint
         assert not turn.tentative
         h.play_reply(turn.turn_id)
         h.wait_idle()
         exchange = h.system.history.exchanges()[-1]
         assert exchange.user == "what time is it" and exchange.assistant == "It is noon. Have a nice day."
-        assert h.system.turn_metrics[-1]["speculative"] is True
+        assert h.system.metrics.turns[-1]["speculative"] is True
         # RealtimeSTT's final transcription of the same speech comes from the cache, and is not answered twice
-        assert h.system.cached_transcript() == "what time is it"
+        assert h.system.speculation.cache.lookup() == "what time is it"
         h.system.on_final_text("what time is it", t, t)
         h.wait_idle()
         assert len(server.completion_bodies) == 1
-        assert h.system.transcriber.audio_seconds[0] == pytest.approx((15 + 3) * 0.032)  # speech + 96 ms pause
+        assert h.transcriber.audio_seconds[0] == pytest.approx((15 + 3) * 0.032)  # speech + 96 ms pause
     finally:
         h.close()
 
 
 def test_speaking_again_drops_the_speculative_answer(server):
-    h = speculative_harness(server, "turn on", "turn on the lights in the kitchen")
+    h = Harness(server.url, transcripts=("turn on", "turn on the lights in the kitchen"), speculate_after_ms=96)
     try:
         gate = threading.Event()
         server.script(Reply(pieces=["Which lights? ", "Tell me."], gates={1: gate}), Reply(pieces=["Done."]))
-        t = speak(h.system, 10, 700.0)
-        t = pause(h.system, 4, t)
+        t = h.speak(10, 700.0)
+        t = h.pause(4, t)
         assert server.wait_until_blocked(gate)
-        first = h.system._active
+        first = h.system.active_turn()
         assert first.tentative
-        t = speak(h.system, 12, t)  # the user goes on: "... the lights in the kitchen"
-        assert h.system._active is None and server.wait_for_hangup()
+        t = h.speak(12, t)  # the user goes on: "... the lights in the kitchen"
+        assert h.system.active_turn() is None and server.wait_for_hangup()
         gate.set()
-        t = pause(h.system, 16, t)
-        wait_until(lambda: h.system._active is not None and h.system._active.user_text.endswith("kitchen"))
-        second = h.system._active
+        t = h.pause(16, t)
+        wait_until(lambda: h.system.active_turn() is not None and h.system.active_turn().user_text.endswith("kitchen"))
+        second = h.system.active_turn()
         h.play_reply(second.turn_id)
         h.wait_idle()
         assert {b.turn_id for b in h.sink.played} == {second.turn_id}
         assert [e.user for e in h.system.history.exchanges()] == ["turn on the lights in the kitchen"]
-        assert h.system.transcriber.audio_seconds[1] > h.system.transcriber.audio_seconds[0]
+        assert h.transcriber.audio_seconds[1] > h.transcriber.audio_seconds[0]
     finally:
         h.close()
 
 
 def test_transcript_of_our_own_speech_is_not_answered(server):
-    from asr_llm_tts import SelfSpeechDefense
     from voice_assistant.guards import EchoTranscriptGuard
 
-    h = speculative_harness(server, "the capital of france is paris and it is lovely", "what about spain")
-    h.system.defense = SelfSpeechDefense(transcript_guard=EchoTranscriptGuard())
+    h = Harness(server.url, transcripts=("the capital of france is paris and it is lovely", "what about spain"),
+                speculate_after_ms=96, defense=SelfSpeechDefense(transcript_guard=EchoTranscriptGuard()))
     try:
         server.script(Reply(pieces=["The capital of France is Paris and it is lovely."]), Reply(pieces=["Madrid."]))
         first = h.system.submit_user_text("capital of france?")
         h.sink.clock = 500.0  # playback on the same clock as the fake microphone below
         h.play_reply(first)
         h.wait_idle()
-        t = speak(h.system, 15, 500.5)  # the speaker's sound comes back through the microphone
-        pause(h.system, 16, t)
+        t = h.speak(15, 500.5)  # the speaker's sound comes back through the microphone
+        h.pause(16, t)
         h.wait_idle()
         assert h.system.turns.current() == first and len(server.completion_bodies) == 1  # not answered
-        t = speak(h.system, 15, 520.0)  # a real question, later
-        pause(h.system, 16, t)
-        wait_until(lambda: h.system._active is not None)
-        h.play_reply(h.system._active.turn_id)
+        t = h.speak(15, 520.0)  # a real question, later
+        h.pause(16, t)
+        wait_until(lambda: h.system.active_turn() is not None)
+        h.play_reply(h.system.active_turn().turn_id)
         assert h.synth.spoken[-1] == "Madrid."
     finally:
         h.close()
 
 
 def test_loop_breaker_stops_a_repeating_conversation(server):
-    from asr_llm_tts import SelfSpeechDefense
     from voice_assistant.guards import LoopBreaker
 
-    h = Harness(server)
-    h.system.defense = SelfSpeechDefense(loop_breaker=LoopBreaker())
+    h = Harness(server.url, defense=SelfSpeechDefense(loop_breaker=LoopBreaker()))
     try:
         for _ in range(3):
             server.script(Reply(pieces=["Sure."]))
@@ -448,17 +329,17 @@ def test_loop_breaker_stops_a_repeating_conversation(server):
 
 
 def test_stop_command_silences_without_answering_or_resuming(server):
-    h = speculative_harness(server, "stop")
+    h = Harness(server.url, transcripts=("stop",), speculate_after_ms=96)
     try:
         gate = threading.Event()
         server.script(Reply(pieces=["A long story begins. ", "It goes on."], gates={1: gate}))
         turn = h.system.submit_user_text("tell me a story")
         wait_until(lambda: h.queued_blocks() > 0, h.sink.item_arrived)
         h.sink.play_next()
-        t = speak(h.system, 8, 900.0)  # "stop": 256 ms, a barge-in
+        t = h.speak(8, 900.0)  # "stop": 256 ms, a barge-in
         assert not h.system.turns.is_current(turn)
         gate.set()
-        pause(h.system, 16, t)
+        h.pause(16, t)
         h.wait_idle()
         h.sink.play_all()
         assert len(server.completion_bodies) == 1  # "stop" was not sent to the model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -114,29 +115,32 @@ class CachingExecutor:
         return self._transcriber.transcribe(audio, language=language, use_prompt=use_prompt, **options)
 
 
-@dataclass(frozen=True)
-class RecognizerCallbacks:
-    """RealtimeSTT callbacks; each runs on a RealtimeSTT thread and must return quickly."""
-
-    on_recording_start: Callable[[], None]
-    on_recording_stop: Callable[[], None]
-    on_transcription_start: Callable[..., None]
-    on_vad_start: Callable[[], None]
-    on_vad_stop: Callable[[], None]
-
-
 class SpeechRecognizer:
-    """RealtimeSTT's recorder fed by us. `next_text()` blocks until an utterance is transcribed."""
+    """The RealtimeSTT adapter: its `AudioToTextRecorder` fed by us, its callbacks, and the `asr` thread.
 
-    def __init__(self, recorder) -> None:
-        self._recorder = recorder
+    `feed()` is called on the audio-in thread. The `asr` thread (`start()`) waits on RealtimeSTT's
+    `text()` and hands each final transcript to `on_final(text, speech_end_t, text_t, audio)`,
+    where `audio` is the utterance RealtimeSTT transcribed (for the voice checks) or None.
+    RealtimeSTT's callbacks run on its own threads and only record state.
+    """
+
+    def __init__(self, utterance_end: Callable[[], float]) -> None:
+        self.utterance_end = utterance_end  # end of the latest speech (the utterance tracker's clock)
+        self._recorder = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._recording = False  # RealtimeSTT is recording an utterance; guarded by _lock
+        self._transcribing_since = 0.0  # it closed one and is transcribing it; guarded by _lock
+        self._utterance_end_t = 0.0  # end of speech of the utterance being transcribed; guarded by _lock
+        self._audio: np.ndarray | None = None  # that utterance's audio; guarded by _lock
 
     @classmethod
-    def create(cls, config: ASRConfig, transcriber, callbacks: RecognizerCallbacks):
+    def create(cls, config: ASRConfig, transcriber, utterance_end: Callable[[], float]) -> "SpeechRecognizer":
         """`transcriber`: anything with RealtimeSTT's executor `transcribe()` (WhisperTranscriber, CachingExecutor)."""
         from RealtimeSTT import AudioToTextRecorder
 
-        recorder = AudioToTextRecorder(
+        recognizer = cls(utterance_end)
+        recognizer._recorder = AudioToTextRecorder(
             model=config.model,
             transcription_executor=transcriber,
             language=config.language,
@@ -154,25 +158,64 @@ class SpeechRecognizer:
             silero_onnx_threads=1,
             silero_deactivity_detection=True,
             beam_size=config.beam_size,
-            on_recording_start=callbacks.on_recording_start,
-            on_recording_stop=callbacks.on_recording_stop,
-            on_transcription_start=callbacks.on_transcription_start,
-            on_vad_start=callbacks.on_vad_start,
-            on_vad_stop=callbacks.on_vad_stop,
+            on_recording_start=recognizer._on_recording_start,
+            on_recording_stop=recognizer._on_recording_stop,
+            on_transcription_start=recognizer._on_transcription_start,
             ensure_sentence_ends_with_period=False,
         )
-        return cls(recorder)
+        return recognizer
+
+    def _on_recording_start(self) -> None:
+        with self._lock:
+            self._recording = True
+
+    def _on_recording_stop(self) -> None:
+        with self._lock:
+            self._recording = False
+            self._transcribing_since = time.monotonic()
+            self._utterance_end_t = self.utterance_end() or time.monotonic()
+
+    def _on_transcription_start(self, audio=None, *args) -> bool:
+        """RealtimeSTT passes the utterance (16 kHz float32) it is about to transcribe."""
+        with self._lock:
+            self._audio = None if audio is None else np.asarray(audio, dtype=np.float32)
+        return False  # False: RealtimeSTT goes on to transcribe
+
+    def busy(self) -> bool:
+        """An utterance is being recorded or transcribed (a transcription stuck 10 s does not count)."""
+        with self._lock:
+            transcribing = self._transcribing_since and time.monotonic() - self._transcribing_since < 10.0
+            return self._recording or bool(transcribing)
 
     def feed(self, chunk_int16: np.ndarray) -> None:
         """Audio at 16 kHz, int16 mono (called on the audio-in thread)."""
         self._recorder.feed_audio(chunk_int16.tobytes(), original_sample_rate=16000)
 
-    def next_text(self) -> str:
-        """Block until the next utterance is transcribed; '' when it held no words or on shutdown."""
-        return self._recorder.text() or ""
+    def start(self, on_final: Callable[[str, float, float, np.ndarray | None], None], stopping: threading.Event) -> None:
+        self._thread = threading.Thread(target=self._run, args=(on_final, stopping), name="asr", daemon=True)
+        self._thread.start()
 
-    def abort(self) -> None:
-        self._recorder.abort()
+    def _run(self, on_final, stopping: threading.Event) -> None:
+        """asr thread: each final transcript to `on_final`; a failure is logged and listening goes on."""
+        while not stopping.is_set():
+            try:
+                text = self._recorder.text() or ""
+                with self._lock:
+                    self._transcribing_since = 0.0
+                    end_t, self._utterance_end_t = self._utterance_end_t, 0.0
+                    audio, self._audio = self._audio, None
+                if stopping.is_set():
+                    return
+                on_final(text, end_t, time.monotonic(), audio)
+            except Exception:  # a worker loop logs and carries on
+                if stopping.is_set():
+                    return
+                log.exception("speech recognition failed; listening again")
 
-    def shutdown(self) -> None:
-        self._recorder.shutdown()
+    def shutdown(self, timeout_s: float) -> None:
+        """Stop RealtimeSTT (on a helper thread: it can take long) and the asr thread, within `timeout_s`."""
+        stopper = threading.Thread(target=self._recorder.shutdown, name="asr-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(timeout=timeout_s / 2)
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s / 2)

@@ -86,6 +86,10 @@ class BlockQueue:
             self._items.clear()
             self.idle.set()
 
+    def pending_blocks(self) -> int:
+        with self._lock:
+            return sum(isinstance(item, AudioBlock) for item in self._items)
+
     def take(self) -> list:
         """Items to report for this tick: any EndOfReply markers, then at most one AudioBlock."""
         taken = []
@@ -115,11 +119,22 @@ class AudioSink:
         self.listener: PlayListener = lambda item, t: None
         self.played_listener: Callable[[np.ndarray, float], None] | None = None  # exact played samples
 
+    def connect(self, listener: PlayListener, is_current: Callable[[int], bool],
+                played_listener: Callable[[np.ndarray, float], None] | None = None) -> None:  # fmt: skip
+        """Before `start()`: who hears what plays, and the judge of stale turns."""
+        self.listener = listener
+        self.queue.is_current = is_current
+        self.played_listener = played_listener
+
     def put(self, item) -> None:
         self.queue.put(item)
 
     def clear(self) -> None:
         self.queue.clear()
+
+    def pending_blocks(self) -> int:
+        """Audio blocks queued and not yet played (any thread)."""
+        return self.queue.pending_blocks()
 
     def _next_block(self, play_t: float) -> np.ndarray | None:
         block = None

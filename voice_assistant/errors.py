@@ -5,8 +5,10 @@
     │   ├── AudioDeviceError
     │   └── WavFormatError
     └── LLMError            a problem talking to llama-server during a turn
-        ├── LLMConnectionError   cannot connect, connection lost, read timed out
+        ├── LLMConnectionError   cannot connect, connection lost
+        │   └── LLMReadTimeout   the server stopped answering mid-request (a hang)
         ├── LLMProtocolError     HTTP error status or a malformed response
+        │   └── LLMContextOverflow  the prompt does not fit the model's context
         └── LLMTooSlowError      tokens keep coming, but nothing speakable for too long
 
 Errors are converted to these types once, at the boundary of the module that meets them.
@@ -39,8 +41,16 @@ class LLMConnectionError(LLMError):
     """The server could not be reached, closed the connection, or stopped answering."""
 
 
+class LLMReadTimeout(LLMConnectionError):
+    """The server accepted the request but sent nothing for the read timeout: it hangs."""
+
+
 class LLMProtocolError(LLMError):
     """The server answered with an HTTP error or a response we cannot parse."""
+
+
+class LLMContextOverflow(LLMProtocolError):
+    """The server refused the prompt: it exceeds the model's context window."""
 
 
 class LLMTooSlowError(LLMError):

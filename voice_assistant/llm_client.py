@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import LLMConnectionError, LLMProtocolError
+from .errors import LLMConnectionError, LLMContextOverflow, LLMProtocolError, LLMReadTimeout
 from .sse import ChunkedDecoder, SSEParser, decode_line, sse_data
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,9 @@ class RawCompletionStream(CompletionStream):
             yield from self._read(sock)
         except (OSError, ssl.SSLError) as exc:
             if not self.aborted:
-                kind = "timed out" if isinstance(exc, socket.timeout) else f"failed: {exc}"
-                raise LLMConnectionError(f"reading from llama-server {kind}") from None
+                if isinstance(exc, socket.timeout):
+                    raise LLMReadTimeout("reading from llama-server timed out") from None
+                raise LLMConnectionError(f"reading from llama-server failed: {exc}") from None
         finally:
             self.stats.end_t = time.monotonic()
             self.stats.cancelled = self.aborted
@@ -288,7 +289,7 @@ class RawCompletionStream(CompletionStream):
                     break
                 body += data
             text = decoder.feed(bytes(body)) if decoder else bytes(body)
-            raise LLMProtocolError(f"llama-server answered HTTP {status}: {_error_message(text)}")
+            raise http_error(status, text)
         parser = SSEParser()
         data, eof = rest, False
         while True:
@@ -354,9 +355,7 @@ class LinesCompletionStream(CompletionStream):
             ) as response:
                 self.stats.sent_t = time.monotonic()
                 if response.status_code != 200:
-                    raise LLMProtocolError(
-                        f"llama-server answered HTTP {response.status_code}: {_error_message(response.read())}"
-                    )
+                    raise http_error(response.status_code, response.read())
                 for line in response.iter_lines():
                     if not self.stats.first_byte_t:
                         self.stats.first_byte_t = time.monotonic()
@@ -372,6 +371,9 @@ class LinesCompletionStream(CompletionStream):
                         return
                 if not self.aborted:
                     raise LLMConnectionError("llama-server ended the stream without a final event")
+        except httpx.ReadTimeout:
+            if not self.aborted:
+                raise LLMReadTimeout("reading from llama-server timed out") from None
         except httpx.HTTPError as exc:
             if not self.aborted:
                 raise LLMConnectionError(f"llama-server stream failed: {type(exc).__name__}: {exc}") from None
@@ -380,6 +382,14 @@ class LinesCompletionStream(CompletionStream):
             self.stats.cancelled = self.aborted
             with self._lock:
                 self._network_stream = None
+
+
+def http_error(status: int, body: bytes) -> LLMProtocolError:
+    """The typed error for an HTTP error answer (the one place that reads llama-server's wording)."""
+    message = _error_message(body)
+    if status == 400 and ("context" in message.lower() or "exceed_context" in body.decode("utf-8", "replace")):
+        return LLMContextOverflow(f"llama-server answered HTTP {status}: {message}")
+    return LLMProtocolError(f"llama-server answered HTTP {status}: {message}")
 
 
 def _error_message(body: bytes) -> str:

@@ -39,6 +39,49 @@ def llm_breakdown(build_start_t: float, build_end_t: float, stats: StreamStats) 
     }
 
 
+def turn_record(turn, heard: str, interrupted: bool, reason: str, t0: float, history_exchanges: int) -> dict:
+    """The metrics of a finished or interrupted `turns.Turn`, as written to --metrics-json."""
+    timing = turn.timings
+    end = timing.speech_end_t
+    return {
+        "turn": turn.turn_id,
+        "user": turn.user_text,
+        "assistant_heard": heard,
+        "interrupted": interrupted,
+        "end_reason": reason or "finished",
+        "speech_end_s": round(end - t0, 3),
+        "asr_ms": ms(end, timing.text_t),
+        "llm": turn.llm,
+        "tts_first_chunk_ms": ms(timing.first_sentence_t, timing.first_audio_ready_t),
+        "voice_to_voice_ms": ms(end, timing.first_audio_t),
+        "speculative": turn.speculative,
+        "first_audio_s": round(timing.first_audio_t - t0, 3) if timing.first_audio_t else None,
+        "history_exchanges": history_exchanges,
+        "timeline_ms": {  # each event relative to the end of the user's speech
+            "transcript": ms(end, timing.text_t),
+            "llm_request": ms(end, timing.llm_start_t),
+            "first_token": ms(end, timing.first_token_t),
+            "first_sentence": ms(end, timing.first_sentence_t),
+            "first_audio_ready": ms(end, timing.first_audio_ready_t),
+            "end_of_turn": ms(end, timing.endpoint_t or timing.text_t),
+            "first_audio_played": ms(end, timing.first_audio_t),
+        },
+    }
+
+
+def barge_in_record(turn_id: int, onset_t: float, decision_t: float, last_block_end_t: float, words_kept: int,
+                    t0: float) -> dict:  # fmt: skip
+    """One barge-in: how long detection took, and how long the assistant's voice went on after it."""
+    stop_ms = max(0.0, (last_block_end_t - decision_t) * 1000.0) if last_block_end_t else 0.0
+    return {
+        "turn": turn_id,
+        "barge_in_detect_ms": ms(onset_t, decision_t) if onset_t else None,
+        "barge_in_stop_ms": round(stop_ms, 1),
+        "words_kept": words_kept,
+        "decision_t_s": round(decision_t - t0, 3),
+    }
+
+
 def format_turn(metrics: dict) -> str:
     """One human line per turn."""
     llm = metrics.get("llm") or {}

@@ -2,9 +2,11 @@
 
 `LLMSupervisor.run()` is the `llm-monitor` thread: once a second it checks that the child
 llama-server is alive, and while the server is marked down it polls `/health` with backoff.
-`report_failure()` is called by the LLM thread when a turn's request failed; it decides at once
-whether the server is down (dead child, failed health check, or a read timeout, which means a
-hang) so the next turn does not wait for a connect timeout. Restarts are bounded: more than
+`report_failure()` is called by the LLM thread when a turn's request failed; it only wakes the
+monitor, which decides on its own thread whether the server is down (dead child, failed health
+check, or a read timeout, which means a hang) and restarts it. The LLM thread never restarts
+anything: before a turn it waits (`wait_settled()`) for a pending check or restart to finish, so
+the next turn neither races a restart nor waits for a connect timeout. Restarts are bounded: more than
 `max_restarts` within `window_s` is a crash loop, and the supervisor stops restarting and says so
 instead of spinning.
 """
@@ -15,7 +17,7 @@ import logging
 import threading
 import time
 
-from .errors import LLMConnectionError, LLMError, SetupError
+from .errors import LLMError, LLMReadTimeout, SetupError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,11 @@ class LLMSupervisor:
         self.poll_s = poll_s
         self.max_backoff_s = max_backoff_s
         self._lock = threading.Lock()
-        self._restart_lock = threading.Lock()  # one restart at a time (LLM thread or monitor)
+        self._restart_lock = threading.Lock()  # one restart at a time
+        self._wake = threading.Event()  # a failure was reported, or the supervisor is stopping
+        self._settled = threading.Event()  # no reported failure is waiting to be checked
+        self._settled.set()
+        self._reported: LLMError | None = None  # guarded by _lock
         self._down = False
         self._gave_up = False
         self._restarts: list[float] = []
@@ -50,8 +56,15 @@ class LLMSupervisor:
 
     @property
     def available(self) -> bool:
+        """Not known to be down and not given up (a reported failure may still be being checked:
+        `wait_settled()` waits for that check)."""
         with self._lock:
             return not self._down and not self._gave_up
+
+    def wait_settled(self, timeout_s: float = 30.0) -> bool:
+        """LLM thread: wait until a reported failure has been checked (and a restart done); `available`."""
+        self._settled.wait(timeout_s)
+        return self.available
 
     @property
     def gave_up(self) -> bool:
@@ -59,13 +72,20 @@ class LLMSupervisor:
             return self._gave_up
 
     def report_failure(self, error: LLMError) -> None:
-        """LLM thread: a request failed. Mark the backend down if it is, restart ours if needed."""
+        """LLM thread: a request failed. Only records it; the monitor thread checks and restarts."""
+        with self._lock:
+            self._reported = error
+            self._settled.clear()
+        self._wake.set()
+
+    def _check_reported(self, error: LLMError) -> None:
+        """Monitor thread: is the backend down after this failure? Restart ours if it is."""
         if self.server is not None:
-            hung = isinstance(error, LLMConnectionError) and "timed out" in str(error)
+            hung = isinstance(error, LLMReadTimeout)
             ready, _ = self.client.health(timeout_s=1.0)
             if hung or not self.server.alive() or not ready:
                 reason = "stopped answering" if hung and self.server.alive() else "is not running"
-                self._restart(f"llama-server {reason} ({error})")
+                self._restart(f"llama-server {reason} ({error})", force=hung)
             return
         ready, detail = self.client.health(timeout_s=1.0)
         if not ready:
@@ -93,11 +113,31 @@ class LLMSupervisor:
             log.warning("llama-server at %s is reachable again", self.client.base_url)
 
     def run(self, stopping: threading.Event) -> None:
-        while not stopping.wait(self.poll_s):
+        """The llm-monitor thread: checks every `poll_s`, and at once when a failure is reported."""
+        while not stopping.is_set():
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            if stopping.is_set():
+                break
+            with self._lock:
+                reported = self._reported
             try:
+                if reported is not None:
+                    self._check_reported(reported)
                 self.check()
             except Exception:  # the monitor must outlive any single failure
                 log.exception("LLM monitor step failed")
+            finally:
+                if reported is not None:
+                    with self._lock:
+                        if self._reported is reported:
+                            self._reported = None
+                            self._settled.set()
+        self._settled.set()  # nobody waits on a stopped monitor
+
+    def stop(self) -> None:
+        """Wake the monitor so that it sees `stopping` at once."""
+        self._wake.set()
 
     def mark_down(self, message: str = "") -> None:
         """The remote server does not answer: poll `/health` with backoff until it does.
@@ -112,10 +152,10 @@ class LLMSupervisor:
         if message:
             log.warning(message)
 
-    def _restart(self, reason: str) -> None:
+    def _restart(self, reason: str, force: bool = False) -> None:
         with self._restart_lock:
-            if self.server.alive() and self.client.health(timeout_s=1.0)[0] and "stopped answering" not in reason:
-                return  # another thread restarted it meanwhile
+            if not force and self.server.alive() and self.client.health(timeout_s=1.0)[0]:
+                return  # restarted meanwhile
             self._restart_locked(reason)
 
     def _restart_locked(self, reason: str) -> None:

@@ -1,9 +1,13 @@
-"""The turn counter that decides what is stale, and the items queued between worker threads."""
+"""The turn counter that decides what is stale, the turn being answered, and the items queued
+between worker threads (frozen, stamped with the turn id)."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+
+from .text import words_in
 
 
 class TurnCounter:
@@ -27,6 +31,94 @@ class TurnCounter:
             return turn_id == self._value
 
 
+def heard_words(sentence: str, progress: float) -> str:
+    """The words of `sentence` a listener heard once `progress` (0..1) of its audio had played."""
+    words = words_in(sentence)
+    if progress >= 0.999:
+        return " ".join(words)
+    return " ".join(words[: int(len(words) * progress)])
+
+
+@dataclass
+class TurnTimings:
+    """When each step of a turn happened (monotonic seconds; 0.0 = not yet)."""
+
+    speech_end_t: float  # the user stopped speaking
+    text_t: float  # the final transcript was ready
+    created_t: float = field(default_factory=time.monotonic)
+    llm_start_t: float = 0.0  # prompt building began
+    first_token_t: float = 0.0
+    first_sentence_t: float = 0.0  # first chunk of reply text handed to TTS
+    first_audio_ready_t: float = 0.0  # first chunk synthesized
+    first_audio_t: float = 0.0  # first reply sample reached the speaker / output file
+    last_block_end_t: float = 0.0  # when the last played block of this turn stops sounding
+    endpoint_t: float = 0.0  # a speculative turn was released for playback
+
+
+@dataclass
+class Turn:
+    """The turn being answered. Created and mutated under `VoiceConversationSystem._lock`, except
+    `raw_text`, `prompt`, `llm` and `retried`, which only the LLM thread touches."""
+
+    turn_id: int
+    user_text: str
+    timings: TurnTimings
+    sentences: list[str] = field(default_factory=list)  # reply chunks generated so far
+    raw_text: str = ""  # visible reply text exactly as generated
+    stream: object = None  # the reply's open stream (abort() silences the server)
+    heard_index: int = -1  # sentence being played
+    heard_progress: float = 0.0  # fraction of that sentence played
+    llm_done: bool = False
+    playback_done: bool = False
+    committed: bool = False
+    resumed_from: int = 0  # turn id this reply continues after a false interruption
+    loop_message: str = ""  # the loop breaker stopped this turn: say this instead of asking the LLM
+    retried: bool = False  # asked again with a shorter history after a context overflow
+    speculative: bool = False  # transcribed and started during the end-of-turn silence
+    tentative: bool = False  # started before the end of turn: its audio is held, not played
+    prompt: str = ""
+    llm: dict = field(default_factory=dict)  # metrics.llm_breakdown of the reply's stream
+
+    def heard_text(self) -> str:
+        """What the user heard: whole sentences, then the played share of the current one's words."""
+        if self.heard_index < 0:
+            return ""
+        parts = self.sentences[: self.heard_index]
+        if self.heard_index < len(self.sentences):
+            parts.append(heard_words(self.sentences[self.heard_index], self.heard_progress))
+        return " ".join(part for part in parts if part).strip()
+
+    def full_text(self) -> str:
+        """The whole reply, as generated when known (keeps llama-server's prompt cache matching)."""
+        if self.resumed_from or not self.raw_text.strip():
+            return " ".join(self.sentences).strip()
+        return self.raw_text.strip()
+
+
+@dataclass(frozen=True)
+class Respond:
+    """LLM-thread work: answer the active turn `turn_id`."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class Resume:
+    """LLM-thread work: speak the unplayed sentences of a reply cut by a false interruption, then let
+    the model continue after them unless it had already finished."""
+
+    turn_id: int  # the new turn that carries the resumed reply
+    pending: tuple[str, ...]  # sentences generated but never played
+    llm_done: bool  # the model had finished the reply
+
+
+@dataclass(frozen=True)
+class ReplyPlayed:
+    """Control-thread work: the last block of turn `turn_id` has played."""
+
+    turn_id: int
+
+
 @dataclass(frozen=True)
 class SentenceItem:
     """A chunk of reply text for the TTS thread."""
@@ -43,5 +135,10 @@ class EndOfText:
     turn_id: int
 
 
-STOP = object()
+class _Stop:
+    def __repr__(self) -> str:
+        return "STOP"
+
+
+STOP = _Stop()
 """Sentinel that ends a worker loop."""

@@ -1,0 +1,237 @@
+"""Building the real assistant from a `Config`: models, devices, llama-server, guards.
+
+`build_components(config)` returns the collaborators `VoiceConversationSystem.__init__` takes
+(so the class only stores them). Every problem is a `SetupError`, raised before anything plays;
+whatever was started before the failure (a llama-server) is stopped again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .config import Config
+from .errors import SetupError
+from .history import History
+
+log = logging.getLogger(__name__)
+
+
+def state_dir() -> Path:
+    """Where logs are kept: $XDG_STATE_HOME/voice-assistant (default ~/.local/state/voice-assistant)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "voice-assistant"
+
+
+def divert_native_stderr(path: Path) -> None:
+    """Send what C libraries write to file descriptor 2 into `path`; `sys.stderr` keeps the terminal.
+
+    ALSA and PortAudio print a dozen lines (`ALSA lib pcm.c: ...`, `Expression '...' failed in
+    pa_linux_alsa.c`) when they enumerate devices or a device vanishes. Our own one-line messages
+    already say what happened; theirs go to the log for whoever wants the details.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        log.debug("native library messages stay on the terminal: %s", exc)
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    os.dup2(target, 2)
+    os.close(target)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, errors="backslashreplace")
+
+
+def start_llm(config: Config, keep_listening: bool = False):
+    """(client, server or None, ready): connect to --llm-url, or start the bundled/own llama-server.
+
+    A remote server still down after `--llm-wait-s` is a SetupError, except with `keep_listening`
+    (live mode), where the conversation starts anyway (`ready` False) and the supervisor polls the
+    server until it answers: a user may start the assistant before their server.
+    """
+    from .llama_server import LlamaServerProcess, ServerConfig
+    from .llm_client import LlamaClient
+    from .models import check_gguf, default_llama_server, default_llm_gguf
+
+    llm = config.llm
+    server = None
+    if llm.llm_url:
+        url = llm.llm_url
+    else:
+        model = check_gguf(Path(llm.llm_model)) if llm.llm_model else default_llm_gguf()  # the user's file first
+        server = LlamaServerProcess(
+            ServerConfig(
+                binary=Path(llm.llama_server) if llm.llama_server else default_llama_server(),
+                model=model,
+                threads=llm.llm_threads,
+                batch_threads=llm.llm_batch_threads,
+                context_tokens=llm.llm_context,
+                log_path=Path(config.logging.server_log) if config.logging.server_log else state_dir() / "llama-server.log",
+            )
+        )
+        url = server.start()
+    client = LlamaClient(url, use_raw_stream=llm.use_raw_stream, use_http2=llm.use_http2, read_timeout_s=llm.llm_timeout_s)
+    ready, detail = client.health()
+    deadline = time.monotonic() + (llm.llm_wait_s if server is None else 0)
+    delay = 0.25
+    while not ready and time.monotonic() + delay < deadline:
+        log.warning("waiting for llama-server at %s (%s); retrying in %.1f s", url, detail, delay)
+        time.sleep(delay)  # backoff while a remote server starts: nothing to wait on but time
+        delay = min(delay * 2, 4.0)
+        ready, detail = client.health()
+    if not ready and keep_listening and server is None:
+        log.warning("llama-server at %s is not reachable (%s); listening anyway: it is used as soon as it answers",
+                    url, detail)  # fmt: skip
+        return client, server, False
+    if not ready:
+        client.close()
+        if server is not None:
+            server.stop()
+        raise SetupError(f"llama-server at {url} is not reachable ({detail}); start it or drop --llm-url")
+    return client, server, True
+
+
+def load_speaker_lock(name: str):
+    """The enrollment for --speaker-lock; SetupError naming the problem (checked before models load)."""
+    import voiceprint
+
+    try:
+        return voiceprint.EnrollmentStore().load(name)
+    except voiceprint.VoiceprintError as exc:
+        raise SetupError(f"--speaker-lock: {exc}; enroll with: python -m voiceprint enroll {name} --mic") from None
+
+
+def build_defense(config: Config, synthesizer, speaker=None):
+    """The self-speech guards the flags ask for (echo cancellation is part of the microphone chain)."""
+    from .defense import SelfSpeechDefense
+    from .guards import EchoTranscriptGuard, LoopBreaker, OwnVoiceGuard
+
+    echo = config.echo
+    defense = SelfSpeechDefense()
+    if echo.echo_guards:
+        defense.transcript_guard = EchoTranscriptGuard()
+        defense.loop_breaker = LoopBreaker()
+    if echo.echo_guards or echo.speaker_lock:
+        import torch
+
+        torch.set_num_threads(1)  # the speaker encoder runs beside everything else
+        guard = OwnVoiceGuard()
+
+        def enroll_own_voice() -> None:
+            """voice-enroll thread: about 2 s of synthesis and encoder loading, beside start-up.
+
+            Until it is done the own-voice check is skipped (guard.assistant stays None)."""
+            clips = [(synthesizer.synthesize_all(text), synthesizer.sample_rate_hz) for text in guard.ASSISTANT_SENTENCES]
+            guard.enroll_assistant(clips)
+
+        threading.Thread(target=enroll_own_voice, name="voice-enroll", daemon=True).start()
+        defense.own_voice = guard
+    if speaker is not None:
+        defense.own_voice.set_user(speaker)
+        defense.speaker_lock = True
+    return defense
+
+
+def build_tracker(config: Config):
+    """Utterance tracking on the VAD: barge-in length, speculation pause, end of turn."""
+    from .endpointing import UtteranceTracker
+
+    return UtteranceTracker(
+        min_speech_ms=config.barge_in.barge_in_min_speech_ms,
+        speculate_after_ms=config.speech.speculate_after_ms,
+        end_of_speech_ms=config.speech.end_of_speech_silence_ms,
+        min_utterance_ms=config.speech.min_utterance_ms,
+    )
+
+
+def build_mic_chain(config: Config, file_mode: bool, tracker, recognizer):
+    """Room (file mode's --simulate-echo), echo canceller, recording, VAD and the utterance tracker."""
+    from .echo import EchoCanceller
+    from .mic import MicRecording, MicrophoneChain
+    from .room import RoomConfig, SimulatedRoom
+    from .vad import SileroVAD
+
+    echo, speech = config.echo, config.speech
+    room = SimulatedRoom(RoomConfig(delay_ms=echo.echo_delay_ms, gain_db=echo.echo_gain_db)) if echo.simulate_echo else None
+    return MicrophoneChain(
+        SileroVAD.load(threads=1),
+        tracker,
+        speech.vad_threshold,
+        room=room,
+        canceller=EchoCanceller() if echo.aec and (not file_mode or room is not None) else None,
+        recording=MicRecording(Path(config.audio.record_mic)) if config.audio.record_mic else None,
+        recognizer=recognizer,
+    )
+
+
+def build_components(config: Config) -> dict:
+    """Keyword arguments for `VoiceConversationSystem(config, **...)`, all real and warmed up."""
+    from .asr import ASRConfig, CachingExecutor, SpeechRecognizer, WhisperTranscriber, resolve_asr_model
+    from .audio_io import MicrophoneSource, SpeakerSink, WavFileSink, WavFileSource, find_device
+    from .devices import DeviceMonitor, monitored
+    from .metrics import MetricsFile, TranscriptFile
+    from .models import default_tts_model
+    from .speculation import SpeculativeTranscriber, TranscriptCache
+    from .supervisor import LLMSupervisor
+    from .tts import PiperSynthesizer
+
+    audio, speech = config.audio, config.speech
+    speaker = load_speaker_lock(config.echo.speaker_lock) if config.echo.speaker_lock else None
+    file_mode = audio.input_wav is not None
+    source = WavFileSource(Path(audio.input_wav)) if file_mode else None
+    if file_mode:
+        out_dir = Path(audio.output_wav).resolve().parent
+        if not out_dir.is_dir():
+            raise SetupError(f"cannot write {audio.output_wav}: folder {out_dir} does not exist")
+    synthesizer = PiperSynthesizer.load(Path(config.voice.tts_model) if config.voice.tts_model else default_tts_model(),
+                                        config.voice.tts_threads)  # fmt: skip
+    asr_config = ASRConfig(
+        model=resolve_asr_model(speech.asr_model),
+        threads=speech.asr_threads,
+        end_of_speech_silence_s=speech.end_of_speech_silence_ms / 1000.0,
+        early_transcription_ms=0,
+    )
+    transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size)
+    transcript = TranscriptFile(Path(config.logging.transcript)) if config.logging.transcript else None
+    metrics = MetricsFile(Path(config.logging.metrics_json)) if config.logging.metrics_json else None
+    client, server, llm_ready = start_llm(config, keep_listening=not file_mode)
+    try:
+        if file_mode:
+            sink = WavFileSink(Path(audio.output_wav), synthesizer.sample_rate_hz, audio.block_ms)
+        else:
+            sink = SpeakerSink(find_device(audio.output_device, "output"), synthesizer.sample_rate_hz, audio.block_ms)
+            source = MicrophoneSource(find_device(audio.input_device, "input"))
+        defense = build_defense(config, synthesizer, speaker)  # its own-voice enrollment runs beside the rest
+        synthesizer.warm_up()
+        transcriber.warm_up()
+        supervisor = LLMSupervisor(client, server)
+        if llm_ready:  # fill the prompt cache with the system prompt
+            prompt = client.apply_template(History().messages(config.llm.system_prompt))
+            list(client.stream({"prompt": prompt, "n_predict": 1, "cache_prompt": True, "id_slot": 0}))
+        else:
+            supervisor.mark_down()  # start_llm printed the status line
+        tracker = build_tracker(config)
+        speculation, executor = None, transcriber
+        if speech.speculate_after_ms > 0:
+            cache = TranscriptCache(lambda: tracker.last_speech_end_t)
+            speculation = SpeculativeTranscriber(transcriber, cache)
+            executor = CachingExecutor(transcriber, cache.lookup)
+        recognizer = SpeechRecognizer.create(asr_config, executor, lambda: tracker.last_speech_end_t)
+        mic = build_mic_chain(config, file_mode, tracker, recognizer)
+        devices = monitored(output=sink, input=source)
+    except BaseException:
+        client.close()
+        if server is not None:
+            server.stop()
+        raise
+    return dict(
+        client=client, synthesizer=synthesizer, sink=sink, source=source, mic=mic, recognizer=recognizer,
+        speculation=speculation, defense=defense, supervisor=supervisor,
+        device_monitor=DeviceMonitor(devices) if devices else None, server=server,
+        transcript=transcript, metrics=metrics,
+    )  # fmt: skip

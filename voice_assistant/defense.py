@@ -1,0 +1,45 @@
+"""What keeps the assistant from answering its own voice, or a voice that is not its user's.
+
+`SelfSpeechDefense.rejects()` is the one judgement on a transcribed utterance: an echo of what
+the assistant just said (transcript guard), the assistant's own voice (voiceprint of its Piper
+voice), or, with `--speaker-lock`, not the enrolled user. The loop breaker stops conversations
+with itself. Echo cancellation itself happens earlier, in the microphone chain (mic.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .audio_io import INPUT_RATE_HZ
+
+
+@dataclass
+class SelfSpeechDefense:
+    """The guards on transcripts. Every part is optional."""
+
+    transcript_guard: object = None  # guards.EchoTranscriptGuard: transcripts of our own recent speech
+    own_voice: object = None  # guards.OwnVoiceGuard: utterances in the assistant's voice (or not the user's)
+    loop_breaker: object = None  # guards.LoopBreaker: repeated self-similar turns
+    speaker_lock: bool = False  # answer only the enrolled user's voice
+    own_voice_tail_s: float = 3.0  # check voices during playback and this long after it, in seconds
+
+    def rejects(self, text: str, start_t: float, end_t: float, audio: np.ndarray | None, recently_played: bool) -> str:
+        """Why an utterance must not be answered ('' if it may). `recently_played`: the assistant was
+        speaking, or stopped less than `own_voice_tail_s` before `end_t`."""
+        guard = self.transcript_guard
+        if guard is not None:
+            match = guard.match(text, start_t, end_t)
+            if match.is_echo:
+                return f"echo of the assistant ({match.coverage:.0%} of its words)"
+        own = self.own_voice
+        if own is not None and audio is not None and getattr(own, "assistant", None) is not None:
+            if recently_played or self.speaker_lock:
+                check = own.is_own_voice(audio, INPUT_RATE_HZ)
+                if check.is_own and recently_played:
+                    return f"the assistant's own voice (score {check.own_score:.2f})"
+                if self.speaker_lock and own.user is not None and check.user_score is not None:
+                    if check.user_score < own.config.user_threshold:
+                        return f"not the enrolled speaker (score {check.user_score:.2f})"
+        return ""

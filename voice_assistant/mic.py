@@ -1,0 +1,135 @@
+"""The microphone chain, on the audio-in thread: what the assistant hears, cleaned, and what it means.
+
+    source chunk -> simulated room (file mode's --simulate-echo) -> echo canceller (AEC3)
+                 -> --record-mic -> Silero VAD -> UtteranceTracker events
+                 -> RealtimeSTT feed, held back while the language model processes a prompt
+
+`process()` returns the tracker's events for the orchestrator to act on. The playback thread
+calls `on_played()` with exactly the samples played, which feed the room and the canceller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .audio_io import INPUT_RATE_HZ
+from .endpointing import UtteranceTracker
+
+log = logging.getLogger(__name__)
+
+
+class MicRecording:
+    """--record-mic: the microphone before and after echo cancellation, written as a stereo WAV at close."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (raw, cleaned); audio-in thread only
+
+    def add(self, raw: np.ndarray, cleaned: np.ndarray) -> None:
+        self._chunks.append((raw, cleaned))
+
+    def write(self) -> None:
+        from .wavio import write_wav
+
+        if self._chunks:
+            raw = np.concatenate([r for r, _ in self._chunks])
+            clean = np.concatenate([c for _, c in self._chunks])
+            write_wav(self.path, np.stack([raw, clean], axis=1), INPUT_RATE_HZ)
+
+
+class MicrophoneChain:
+    """Room, echo canceller, recording, VAD and utterance tracking for each 32 ms input chunk."""
+
+    def __init__(
+        self,
+        vad,
+        tracker: UtteranceTracker,
+        vad_threshold: float = 0.5,
+        room=None,
+        canceller=None,
+        recording: MicRecording | None = None,
+        recognizer=None,
+    ) -> None:
+        self.vad = vad  # .probability(chunk) -> 0..1
+        self.tracker = tracker
+        self.vad_threshold = vad_threshold
+        self.room = room  # voice_assistant.room.SimulatedRoom or None
+        self.canceller = canceller  # voice_assistant.echo.EchoCanceller or None
+        self.recording = recording
+        self.recognizer = recognizer  # asr.SpeechRecognizer (RealtimeSTT) fed with int16 audio, or None
+        self.asr_hold = threading.Event()  # set: keep audio back from ASR (the LLM is prefilling)
+        self._held: list[np.ndarray] = []  # audio-in thread only
+        self._barge_in_paused = False  # audio-in thread only
+
+    def process(self, chunk: np.ndarray, end_t: float) -> list:
+        """Audio-in thread: 512 float32 samples at 16 kHz captured until `end_t`; the tracker's events."""
+        if self.room is not None:
+            chunk = self.room.mix(chunk, end_t)
+        raw = chunk
+        if self.canceller is not None:
+            chunk = self.canceller.process(chunk)
+        if self.recording is not None:
+            self.recording.add(raw, chunk)
+        events = []
+        if self.vad is not None:
+            probability = self.vad.probability(chunk)
+            is_speech = probability >= self.vad_threshold
+            maybe = probability >= self.vad_threshold - 0.15  # Silero's usual onset hysteresis
+            events = self.tracker.push(chunk, is_speech, end_t, maybe)
+        if self.recognizer is not None:
+            self._feed_asr((np.clip(chunk, -1.0, 1.0) * 32767.0).astype(np.int16))
+        return events
+
+    def _feed_asr(self, pcm: np.ndarray) -> None:
+        if self.asr_hold.is_set():
+            self._held.append(pcm)
+            return
+        if self._held:
+            held, self._held = self._held, []
+            for piece in held:
+                self.recognizer.feed(piece)
+        self.recognizer.feed(pcm)
+
+    def on_played(self, samples: np.ndarray, rate_hz: int, play_t: float) -> None:
+        """Playback thread: exactly what was played (silence too) is the echo's reference."""
+        if self.room is not None:
+            self.room.feed_played(samples, rate_hz, play_t)
+        if self.canceller is not None:
+            self.canceller.feed_reverse(samples, rate_hz)
+
+    @property
+    def hears_playback(self) -> bool:
+        """Something needs the played samples (room or canceller)."""
+        return self.room is not None or self.canceller is not None
+
+    def set_device_latency(self, latency_s: float) -> None:
+        """From a block handed to the speaker to its echo reaching us, as the devices report it."""
+        if self.canceller is not None:
+            self.canceller.set_delay_ms(1000.0 * latency_s)
+
+    def echo_unsafe(self) -> bool:
+        """Audio-in thread: True while echo cancellation is not working, so barge-in could hear us."""
+        canceller = self.canceller
+        unsafe = canceller is not None and canceller.diverged()
+        if unsafe != self._barge_in_paused:
+            self._barge_in_paused = unsafe
+            if unsafe:
+                log.warning("echo cancellation is not converging (%s dB): barge-in paused", canceller.erle_db())
+            else:
+                log.warning("echo cancellation works again: barge-in resumed")
+        return unsafe
+
+    def close(self, metrics=None) -> None:
+        """At exit: the echo canceller's figures into `metrics` and the log; the recording to disk."""
+        if self.canceller is not None:
+            stats = self.canceller.stats()
+            if metrics is not None:
+                metrics.set_summary({"echo": {k: getattr(stats, k) for k in stats.__dataclass_fields__}})
+            log.info("echo cancellation: %s dB echo reduction, %.1f ms CPU per audio second",
+                     stats.erle_db if stats.erle_db is None else round(stats.erle_db, 1), stats.cpu_ms_per_audio_s)  # fmt: skip
+        if self.recording is not None:
+            self.recording.write()

@@ -1,0 +1,75 @@
+"""History summaries: fold the oldest exchanges into a short LLM-written summary, in the background.
+
+Runs on its own `summarizer` thread with slot 1 of llama-server (slot 0 keeps the conversation's
+prompt cache). A new user turn aborts a summary in progress (it competes for the CPU); it is tried
+again after that turn. If the model cannot summarize, the oldest exchanges are dropped instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .errors import LLMError
+from .history import History, summary_prompt_messages
+
+log = logging.getLogger(__name__)
+
+
+class HistorySummarizer:
+    """Keeps `history` short. `maybe_summarize()` on the control thread, `abort()` from any thread."""
+
+    def __init__(self, client, history: History, enabled: bool = True, summarize_after_turns: int = 10,
+                 keep_recent_turns: int = 4) -> None:  # fmt: skip
+        self.client = client
+        self.history = history
+        self.enabled = enabled  # False: drop old exchanges instead of summarizing them
+        self.summarize_after_turns = summarize_after_turns  # summarize once history holds more exchanges
+        self.keep_recent_turns = keep_recent_turns  # exchanges left verbatim after a summary
+        self._thread: threading.Thread | None = None  # control thread only
+        self._stream = None  # the summary's open stream; set and cleared by the summarizer thread
+
+    def maybe_summarize(self) -> None:
+        """Control thread, after each finished turn."""
+        if len(self.history) <= self.summarize_after_turns:
+            return
+        count = len(self.history) - self.keep_recent_turns
+        if not self.enabled:
+            self.history.drop_oldest(count)
+            return
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._summarize, args=(count,), name="summarizer", daemon=True)
+        self._thread.start()
+
+    def abort(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.abort()
+
+    def join(self, timeout_s: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _summarize(self, count: int) -> None:
+        """Summarizer thread: fold the oldest exchanges into the summary; truncate if that fails."""
+        exchanges = self.history.oldest(count)
+        try:
+            prompt = self.client.apply_template(summary_prompt_messages(self.history.summary, exchanges))
+            stream = self.client.stream(
+                {"prompt": prompt, "n_predict": 120, "temperature": 0.2, "cache_prompt": False, "id_slot": 1}
+            )
+            self._stream = stream
+            summary = "".join(stream).strip()
+        except LLMError as exc:
+            log.warning("history summary failed (%s); dropping the oldest turns instead", exc)
+            self.history.drop_oldest(count)
+            return
+        finally:
+            self._stream = None
+        if stream.aborted:
+            return  # a new turn started; try again after it
+        if not summary or not self.history.apply_summary(exchanges, summary):
+            self.history.drop_oldest(count)
+        else:
+            log.info("history: %d turns summarized", count)

@@ -1,0 +1,64 @@
+"""`QueueWorker`: a named thread that hands each item of its queue to a function.
+
+The one loop every worker thread of the assistant runs (llm, tts, control, spec-asr): take an
+item, stop on the `STOP` sentinel, log a failure and take the next item, so no single bad item
+kills a thread. Tests can call `run()` on their own thread after queueing items and `STOP`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable
+
+from .turns import STOP
+
+log = logging.getLogger(__name__)
+
+
+class QueueWorker:
+    """`handle(item)` for every queued item, on a thread called `name`."""
+
+    def __init__(self, name: str, handle: Callable[[object], None]) -> None:
+        self.name = name
+        self._handle = handle
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def put(self, item) -> None:
+        """Any thread: queue `item` for the worker."""
+        self._queue.put(item)
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing being handled."""
+        return self._queue.unfinished_tasks == 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the loop to end after the items already queued (non-blocking)."""
+        self._queue.put(STOP)
+
+    def join(self, timeout_s: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run(self) -> None:
+        """The loop: until STOP, hand each item to `handle`, logging and surviving its failures."""
+        while True:
+            item = self._queue.get()
+            if item is STOP:
+                self._queue.task_done()
+                return
+            try:
+                self._handle(item)
+            except Exception:  # a worker loop logs and takes the next item
+                log.exception("%s: handling %r failed", self.name, item)
+            finally:
+                self._queue.task_done()
