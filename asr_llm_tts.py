@@ -34,7 +34,7 @@ from voice_assistant.speech import SpeechWorker
 from voice_assistant.summarizer import HistorySummarizer
 from voice_assistant.text import clean_for_speech, words_in
 from voice_assistant.turns import (EndOfText, ReplyPlayed, Respond, Resume, SentenceItem, Turn, TurnCounter,
-                                   TurnTimings, heard_words)  # fmt: skip
+                                   TurnTimings)  # fmt: skip
 from voice_assistant.workers import QueueWorker
 
 log = logging.getLogger("voice_assistant.system")
@@ -101,12 +101,9 @@ class VoiceConversationSystem:
         self.metrics = metrics or MetricsFile(None)
         self.turns = TurnCounter()
         self.history = History(config.llm.history_trim_threshold)
-        self.summarizer = HistorySummarizer(client, self.history, config.llm.enable_history_summarization,
-                                            config.llm.summarize_after_turns, config.llm.keep_recent_turns)  # fmt: skip
-        self.replies = ReplyStreamer(client, ReplyOptions(
-            config.llm.max_reply_tokens, config.llm.temperature, config.llm.low_latency_mode, float(config.llm.llm_timeout_s),
-            config.voice.first_clause_min_words, config.voice.first_chunk_max_words,
-        ), prefill_hold=mic.asr_hold if mic is not None and config.llm.pause_asr_during_prefill else None)  # fmt: skip
+        self.summarizer = HistorySummarizer.from_config(client, self.history, config.llm)
+        hold = mic.asr_hold if mic is not None and config.llm.pause_asr_during_prefill else None
+        self.replies = ReplyStreamer(client, ReplyOptions.from_config(config), prefill_hold=hold)
         self.speech = SpeechWorker(synthesizer, sink, self.turns, self._on_audio_ready)
         self.llm_worker = QueueWorker("llm", self._on_llm_item)
         self.control_worker = QueueWorker("control", self._on_reply_played)
@@ -163,10 +160,6 @@ class VoiceConversationSystem:
             return
         self._closed = True
         deadline = time.monotonic() + limit_s
-
-        def remaining() -> float:
-            return max(0.05, deadline - time.monotonic())
-
         self._stopping.set()
         if self.source is not None:
             self.source.close()
@@ -177,27 +170,21 @@ class VoiceConversationSystem:
         if active is not None:
             self._stop_turn(active, reason="shutdown")
         workers = [self.llm_worker, self.speech.worker, self.control_worker]
-        for worker in workers:
-            worker.stop()
-        if self.speculation is not None:
-            self.speculation.stop()
-            workers.append(self.speculation.worker)
-        if self.supervisor is not None:
-            self.supervisor.stop()
+        for stoppable in [*workers, self.speculation, self.supervisor]:
+            if stoppable is not None:
+                stoppable.stop()  # wakes the thread; never blocks
         if self.recognizer is not None:
-            self.recognizer.shutdown(remaining())
-        for worker in workers:
-            worker.join(remaining() / 2)
-        for thread in self._threads:
-            thread.join(timeout=remaining() / 2)
-        self.summarizer.join(remaining() / 2)
+            self.recognizer.shutdown(max(0.05, deadline - time.monotonic()))
+        workers += [self.speculation.worker] if self.speculation is not None else []
+        for joinable in [*workers, *self._threads, self.summarizer]:
+            joinable.join(max(0.05, deadline - time.monotonic()) / 2)
         self.sink.close()
         self.client.close()
         if self.mic is not None:
             self.mic.close(self.metrics)
         self.transcript.close()
         if self.server is not None:
-            self.server.stop(timeout_s=remaining())
+            self.server.stop(timeout_s=max(0.05, deadline - time.monotonic()))
 
     def is_idle(self) -> bool:
         """Nothing heard, recognized, generated, synthesized or played is pending."""
@@ -212,22 +199,6 @@ class VoiceConversationSystem:
             and self.speech.worker.idle()
             and self.sink.queue.idle.is_set()
         )
-
-    def run_until_input_done(self, settle_s: float = 1.5, tail_limit_s: float = 120.0) -> None:
-        """File mode: return once the input is exhausted and the assistant has stayed idle `settle_s`."""
-        while not self.source.exhausted.wait(0.1):
-            if self._stopping.is_set():
-                return
-        deadline = time.monotonic() + tail_limit_s
-        idle_since = 0.0
-        while not self._stopping.wait(0.05):
-            now = time.monotonic()
-            idle_since = (idle_since or now) if self.is_idle() else 0.0
-            if idle_since and now - idle_since >= settle_s:
-                return
-            if now > deadline:
-                log.warning("assistant still busy %.0f s after the input ended; stopping", tail_limit_s)
-                return
 
     # ------------------------------------------------------------------ what was heard
 
@@ -409,11 +380,9 @@ class VoiceConversationSystem:
             self._resumable = turn if self.config.barge_in.resume_after_false_interruption else None
         self._stop_turn(turn, reason="barge-in")
         with self._lock:
-            index, progress, last_end_t = turn.heard_index, turn.heard_progress, turn.timings.last_block_end_t
-            sentence = turn.sentences[index] if 0 <= index < len(turn.sentences) else None
-        if self.defense.transcript_guard is not None and sentence is not None:
-            self.defense.transcript_guard.note_played((turn.turn_id, index), last_end_t, heard_text=heard_words(sentence, progress))
-        record = barge_in_record(turn.turn_id, onset_t, decision_t, last_end_t, len(words_in(turn.heard_text())), self.t0)
+            self.defense.note_cut(turn)
+            record = barge_in_record(turn.turn_id, onset_t, decision_t, turn.timings.last_block_end_t,
+                                     len(words_in(turn.heard_text())), self.t0)  # fmt: skip
         self.metrics.add_barge_in(record)
         log.info("barge-in: turn %d stopped (detect %s ms, stop %s ms)", turn.turn_id,
                  record["barge_in_detect_ms"], record["barge_in_stop_ms"])  # fmt: skip
@@ -562,14 +531,8 @@ class VoiceConversationSystem:
                 self.control_worker.put(ReplyPlayed(turn.turn_id))
                 return
             end_t = play_t + len(item.samples) / self.sink.sample_rate_hz
+            self.defense.note_block(turn, item, play_t, end_t)
             turn.timings.first_audio_t = turn.timings.first_audio_t or play_t
-            guard = self.defense.transcript_guard
-            if guard is not None and item.sentence_index < len(turn.sentences):
-                key = (turn.turn_id, item.sentence_index)
-                if item.sentence_index != turn.heard_index:
-                    guard.note_playing(key, turn.sentences[item.sentence_index], play_t)
-                if item.sentence_progress >= 0.999:
-                    guard.note_played(key, end_t)
             turn.heard_index, turn.heard_progress = item.sentence_index, item.sentence_progress
             turn.timings.last_block_end_t = self._last_play_end_t = end_t
 
@@ -586,6 +549,24 @@ class VoiceConversationSystem:
 
 
 # ---------------------------------------------------------------------- command line
+
+
+def wait_for_file_mode(system: VoiceConversationSystem, stop: threading.Event, settle_s: float = 1.5,
+                       tail_limit_s: float = 120.0) -> None:  # fmt: skip
+    """File mode: return once the input is exhausted and the assistant has stayed idle `settle_s`."""
+    while not system.source.exhausted.wait(0.1):
+        if stop.is_set():
+            return
+    deadline = time.monotonic() + tail_limit_s
+    idle_since = 0.0
+    while not stop.wait(0.05):
+        now = time.monotonic()
+        idle_since = (idle_since or now) if system.is_idle() else 0.0
+        if idle_since and now - idle_since >= settle_s:
+            return
+        if now > deadline:
+            log.warning("assistant still busy %.0f s after the input ended; stopping", tail_limit_s)
+            return
 
 
 def configure_logging(level: str) -> None:
@@ -635,10 +616,7 @@ def main(argv=None) -> int:
         log.info("listening (ready %.1f s after launch)%s", time.monotonic() - launch_t,
                  "" if config.audio.input_wav else "; press Ctrl-C to quit")  # fmt: skip
         if config.audio.input_wav:
-            waiter = threading.Thread(target=system.run_until_input_done, name="file-mode", daemon=True)
-            waiter.start()
-            while waiter.is_alive() and not stop.wait(0.1):
-                pass
+            wait_for_file_mode(system, stop)  # Ctrl-C (KeyboardInterrupt) or SIGTERM end it early
         else:
             stop.wait()
     except VoiceAssistantError as exc:

@@ -12,6 +12,7 @@ PulseAudio), `soak`. `scripts/test.sh --fast` runs everything else.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -43,6 +44,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs the real bundled models and a real llama-server")
     config.addinivalue_line("markers", "live: real audio devices through PulseAudio null sinks")
     config.addinivalue_line("markers", "soak: the long soak run")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_user_config(tmp_path_factory):
+    """The program reads the user's config file when there is one: tests (and the programs they
+    start) see an empty config folder instead, so a user's settings cannot change what they check."""
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))
+    yield
 
 
 @pytest.fixture(autouse=True)

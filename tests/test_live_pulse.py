@@ -1,8 +1,9 @@
 """The live path through real audio devices: PortAudio -> ALSA -> PulseAudio null sinks.
 
-The fixture starts its own PulseAudio (system mode, as in shared/REFERENCE.md) with a speaker
-sink `spk` and a microphone bus `micbus`; what we play into `micbus` is what the program hears,
-and what the program plays lands in `spk`.
+The fixture starts its own PulseAudio, on its own socket in a temporary folder (so a sound server
+the machine already runs, a desktop's, is never touched), with a speaker sink `spk` and a
+microphone bus `micbus`; what we play into `micbus` is what the program hears, and what the
+program plays lands in `spk`. The program and the pa* tools reach it through PULSE_SERVER.
 """
 
 from __future__ import annotations
@@ -27,20 +28,22 @@ from speech import say, voiced_spans
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.live]
-PULSE_SOCKET = "/var/run/pulse/native"
+STARTED: dict[str, subprocess.Popen | None] = {"pulse": None}  # the daemon this module runs
 
 
-PULSE_COMMAND = [
-    "pulseaudio", "--system", "--daemonize=no", "--disallow-exit", "--exit-idle-time=-1", "--disable-shm=yes",
-    "-n", "--load=module-null-sink sink_name=spk", "--load=module-null-sink sink_name=micbus",
-    "--load=module-default-device-restore",  # a restarted daemon comes back with spk / micbus.monitor
-    "--load=module-native-protocol-unix auth-anonymous=1",  # last: clients connect to a ready server
-]  # fmt: skip
-STARTED: dict[str, subprocess.Popen | None] = {"pulse": None}  # the daemon this module runs, if it runs one
+def pulse_command(runtime: Path) -> list[str]:
+    """A user-mode daemon whose state and socket live in `runtime` (not the machine's sound server)."""
+    return [
+        "pulseaudio", "--daemonize=no", "--use-pid-file=no", "--disallow-exit", "--exit-idle-time=-1",
+        "--disable-shm=yes", "-n", "--load=module-null-sink sink_name=spk", "--load=module-null-sink sink_name=micbus",
+        "--load=module-default-device-restore",  # a restarted daemon comes back with spk / micbus.monitor
+        f"--load=module-native-protocol-unix auth-anonymous=1 socket={runtime}/native",  # last: clients find it ready
+    ]  # fmt: skip
 
 
 def start_pulse(env: dict) -> subprocess.Popen:
-    daemon = subprocess.Popen(PULSE_COMMAND, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runtime = Path(env["PULSE_RUNTIME_PATH"])
+    daemon = subprocess.Popen(pulse_command(runtime), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
     while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
         assert time.monotonic() < deadline, "PulseAudio did not start"
@@ -58,12 +61,13 @@ def use_null_sinks(env: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def pulse_env():
+def pulse_env(tmp_path_factory):
     if shutil.which("pulseaudio") is None:
         pytest.fail("pulseaudio is not installed: scripts/setup.sh installs it")
-    env = dict(os.environ, PULSE_SERVER=f"unix:{PULSE_SOCKET}")
-    if subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
-        STARTED["pulse"] = start_pulse(env)
+    runtime = tmp_path_factory.mktemp("pulse")
+    env = dict(os.environ, PULSE_SERVER=f"unix:{runtime}/native", PULSE_RUNTIME_PATH=str(runtime),
+               PULSE_STATE_PATH=str(runtime), PULSE_CONFIG_PATH=str(runtime))  # fmt: skip
+    STARTED["pulse"] = start_pulse(env)
     use_null_sinks(env)
     yield env
     daemon = STARTED["pulse"]
@@ -229,8 +233,6 @@ def test_sound_server_dying_and_returning_is_one_line_each_way_and_the_conversat
     """The realistic "device vanished": the sound server dies under open streams (a crash, a USB
     headset yanked), then comes back. One line each way, no native-library noise on the terminal,
     and the next question is answered through the reopened devices."""
-    if STARTED["pulse"] is None:
-        pytest.skip("PulseAudio was already running: this test kills only a daemon it started itself")
     question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
     with assistant(pulse_env, "--transcript", str(tmp_path / "t.jsonl"), "--max-reply-tokens", "40",
                    "--server-log", str(tmp_path / "server.log")) as (program, reader):  # fmt: skip

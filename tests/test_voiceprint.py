@@ -442,7 +442,8 @@ BAD_INPUTS = {
     "bad name": (["enroll", "../evil", "--wav", "{espeak0}"], "invalid speaker name"),
     "unknown delete": (["delete", "nobody"], "no enrollment named"),
     "missing Piper voice": (["compare", "{espeak0}", "--piper", "{missing}"], "TTS model not found"),
-    "no microphone": (["enroll", "amy", "--mic", "--seconds", "0.5"], ""),
+    "no microphone": (["enroll", "amy", "--mic", "--device", "no-such-microphone-here", "--seconds", "0.5"],
+                      "cannot record from the microphone"),
 }
 
 
@@ -471,8 +472,6 @@ def test_cli_bad_input_gives_one_line_and_exit_2(case, speech, tmp_path, monkeyp
     assert len(lines) == 1 and lines[0].startswith("voiceprint: error: "), stderr
     assert expected in lines[0]
     assert stdout == ""
-    if case == "no microphone":  # no device here, or a device that heard no speech
-        assert "microphone" in lines[0] or "speech" in lines[0]
 
 
 def test_cli_list_shows_unreadable_files_and_goes_on(tmp_path, monkeypatch, capsys):

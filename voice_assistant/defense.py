@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .audio_io import INPUT_RATE_HZ
+from .turns import heard_words
 
 
 @dataclass
@@ -43,3 +44,22 @@ class SelfSpeechDefense:
                     if check.user_score < own.config.user_threshold:
                         return f"not the enrolled speaker (score {check.user_score:.2f})"
         return ""
+
+    def note_block(self, turn, block, play_t: float, end_t: float) -> None:
+        """Playback thread: `block` of `turn` (a turns.Turn) sounds from `play_t` to `end_t`; the
+        transcript guard learns what the microphone may hear of us, sentence by sentence."""
+        guard = self.transcript_guard
+        if guard is None or block.sentence_index >= len(turn.sentences):
+            return
+        key = (turn.turn_id, block.sentence_index)
+        if block.sentence_index != turn.heard_index:
+            guard.note_playing(key, turn.sentences[block.sentence_index], play_t)
+        if block.sentence_progress >= 0.999:
+            guard.note_played(key, end_t)
+
+    def note_cut(self, turn) -> None:
+        """`turn` was interrupted: only the words of its current sentence that played can echo."""
+        index = turn.heard_index
+        if self.transcript_guard is not None and 0 <= index < len(turn.sentences):
+            heard = heard_words(turn.sentences[index], turn.heard_progress)
+            self.transcript_guard.note_played((turn.turn_id, index), turn.timings.last_block_end_t, heard_text=heard)

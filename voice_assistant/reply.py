@@ -30,6 +30,12 @@ class ReplyOptions:
     first_clause_min_words: int = 3  # the first chunk may end at a comma after this many words (0: off)
     first_chunk_max_words: int = 8  # the first chunk is cut after this many words at most (0: off)
 
+    @classmethod
+    def from_config(cls, config) -> "ReplyOptions":
+        llm, voice = config.llm, config.voice
+        return cls(llm.max_reply_tokens, llm.temperature, llm.low_latency_mode, float(llm.llm_timeout_s),
+                   voice.first_clause_min_words, voice.first_chunk_max_words)  # fmt: skip
+
 
 def sampling_params(options: ReplyOptions) -> dict:
     """The `/completion` body fields besides the prompt (slot 0 holds the conversation's cache)."""

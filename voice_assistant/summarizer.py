@@ -29,6 +29,11 @@ class HistorySummarizer:
         self._thread: threading.Thread | None = None  # control thread only
         self._stream = None  # the summary's open stream; set and cleared by the summarizer thread
 
+    @classmethod
+    def from_config(cls, client, history: History, llm) -> "HistorySummarizer":
+        """`llm`: the configuration's LLMConfig."""
+        return cls(client, history, llm.enable_history_summarization, llm.summarize_after_turns, llm.keep_recent_turns)
+
     def maybe_summarize(self) -> None:
         """Control thread, after each finished turn."""
         if len(self.history) <= self.summarize_after_turns:

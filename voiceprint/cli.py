@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--wav", type=Path, nargs="+", metavar="WAV", help="clips of the speaker (several help)")
     source.add_argument("--mic", action="store_true", help="record from the default microphone")
     enroll_cmd.add_argument("--seconds", type=float, default=10.0, help="microphone recording length (default 10)")
+    enroll_cmd.add_argument("--device", help="microphone: index or part of its name (default: the system's)")
     enroll_cmd.add_argument("--force", action="store_true", help="replace an existing enrollment of that name")
 
     verify_cmd = commands.add_parser("verify", help="score an utterance against an enrollment")
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--wav", type=Path, metavar="WAV")
     source.add_argument("--mic", action="store_true", help="record from the default microphone")
     verify_cmd.add_argument("--seconds", type=float, default=4.0, help="microphone recording length (default 4)")
+    verify_cmd.add_argument("--device", help="microphone: index or part of its name (default: the system's)")
     verify_cmd.add_argument(
         "--threshold",
         type=float,
@@ -112,11 +114,11 @@ def _encoder() -> SpeakerEncoder:
     return load_encoder()
 
 
-def _record(seconds: float) -> tuple[np.ndarray, int]:
+def _record(seconds: float, device: str | None = None) -> tuple[np.ndarray, int]:
     def prompt() -> None:
         print(f"recording {seconds:g} s: speak now", file=sys.stderr, flush=True)
 
-    return record_microphone(seconds, on_start=prompt)
+    return record_microphone(seconds, int(device) if device and device.isdigit() else device, on_start=prompt)
 
 
 def _checked(audio: tuple[np.ndarray, int], label: str) -> tuple[np.ndarray, int]:
@@ -133,7 +135,7 @@ def cmd_enroll(args, store: EnrollmentStore) -> int:
     if store.exists(args.name) and not args.force:
         raise EnrollmentExistsError(f"speaker {args.name!r} is already enrolled: add --force to replace it")
     if args.mic:
-        clips = [_checked(_record(args.seconds), "microphone")]
+        clips = [_checked(_record(args.seconds, args.device), "microphone")]
     else:
         clips = [_checked(read_audio(path), str(path)) for path in args.wav]
     enrollment = enroll(args.name, clips, encoder=_encoder())
@@ -144,7 +146,7 @@ def cmd_enroll(args, store: EnrollmentStore) -> int:
 
 def cmd_verify(args, store: EnrollmentStore) -> int:
     enrollment = store.load(args.name)
-    audio = _checked(_record(args.seconds), "microphone") if args.mic else _checked(read_audio(args.wav), str(args.wav))
+    audio = _checked(_record(args.seconds, args.device), "microphone") if args.mic else _checked(read_audio(args.wav), str(args.wav))
     result = verify(enrollment, *audio, threshold=args.threshold, encoder=_encoder())
     verdict = "accept" if result.accepted else "reject"
     print(f"{enrollment.name}: score {result.score:.3f} threshold {result.threshold:.3f} {verdict}")
