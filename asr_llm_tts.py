@@ -429,13 +429,22 @@ class VoiceConversationSystem:
         turn = self._turn_if_current(item.turn_id)
         if turn is None:
             return
+        try:
+            self._answer(turn, item)
+        except Exception:  # a bug or an unconverted error must still end the turn, audibly
+            log.exception("turn %d: the reply failed", turn.turn_id)
+            if not turn.llm_done:
+                self._emit_error_reply(turn, LLM_ERROR_REPLY)
+
+    def _answer(self, turn: Turn, item: Respond | Resume) -> None:
         if isinstance(item, Resume):  # speak what was never played, then let the model go on
             for text in item.pending:
                 self._emit(turn, text)
-            if item.llm_done:
+            prompt = None if item.llm_done else self.client.continue_prompt(turn.prompt, " ".join(turn.sentences))
+            if prompt is None:  # the model had finished, or its API cannot continue a reply
                 self.speech.put(EndOfText(turn.turn_id))
             else:
-                self._speak_reply(turn, turn.prompt + " ".join(turn.sentences), continuation=True)
+                self._speak_reply(turn, prompt, continuation=True)
             return
         if turn.loop_message:
             self._emit_error_reply(turn, turn.loop_message)
@@ -456,7 +465,12 @@ class VoiceConversationSystem:
         """Stream the reply and hand each sentence to TTS; on failure, an apology after what was said."""
         start_index = len(turn.sentences)
         build_start_t = turn.timings.llm_start_t if not continuation else time.monotonic()
-        reply = self.replies.open(prompt, first_chunk=not (continuation or start_index), continuation=continuation)
+        try:
+            reply = self.replies.open(prompt, first_chunk=not (continuation or start_index), continuation=continuation)
+        except LLMError as exc:  # e.g. an OpenAI server that lists no model
+            log.error("turn %d: %s", turn.turn_id, exc)
+            self._fail(turn, exc, LLM_ERROR_REPLY)
+            return
         with self._lock:
             if not self.turns.is_current(turn.turn_id):
                 return
@@ -478,7 +492,7 @@ class VoiceConversationSystem:
                 dropped = max(1, len(self.history) - 2)
                 self.history.drop_oldest(dropped)
                 log.warning("turn %d: the prompt did not fit the model's context; dropped %d old exchanges", turn.turn_id, dropped)
-                self._on_llm_item(Respond(turn.turn_id))
+                self._answer(turn, Respond(turn.turn_id))
             else:
                 self._fail(turn, error, LLM_SLOW_REPLY if isinstance(error, LLMTooSlowError) else LLM_ERROR_REPLY)
         elif self.turns.is_current(turn.turn_id):

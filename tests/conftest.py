@@ -30,6 +30,7 @@ from fake_llama_server import FakeLlamaServer  # noqa: E402
 from fakes import FakeAudioSink, FakeSynthesizer, FakeTranscriber, FakeVAD  # noqa: E402
 from voice_assistant.assembly import build_tracker  # noqa: E402
 from voice_assistant.audio_io import AudioBlock  # noqa: E402
+from voice_assistant.backends import BackendChain, detect_api  # noqa: E402
 from voice_assistant.config import make_config  # noqa: E402
 from voice_assistant.llm_client import LlamaClient  # noqa: E402
 from voice_assistant.mic import MicrophoneChain  # noqa: E402
@@ -84,15 +85,20 @@ class Harness:
     `transcripts`: speculative transcription on, returning these texts in turn (implies `mic`).
     `mic`: a microphone chain with FakeVAD, fed through `speak()`/`pause()`.
     `supervisor`: keyword arguments of an LLMSupervisor (polling every 50 ms), or None for none.
+    `api`: the server's API ("llamacpp" or "openai", whose URL ends in /v1); `fallbacks`: more server
+    URLs after `llm_url` (their API detected), in a BackendChain.
     """
 
     def __init__(self, llm_url: str, *, transcripts: tuple[str, ...] | None = None, mic: bool = False,
-                 defense=None, supervisor: dict | None = None, read_timeout_s: float = 5.0, **config) -> None:  # fmt: skip
+                 defense=None, supervisor: dict | None = None, read_timeout_s: float = 5.0, api: str = "llamacpp",
+                 fallbacks: tuple[str, ...] = (), **config) -> None:  # fmt: skip
         config.setdefault("first_clause_min_words", 0)
         self.config = make_config(**config)
         self.sink = FakeAudioSink()
         self.synth = FakeSynthesizer()
-        self.client = LlamaClient(llm_url, read_timeout_s=read_timeout_s)
+        clients = [LlamaClient(llm_url, read_timeout_s=read_timeout_s, api=api)]
+        clients += [LlamaClient(base, read_timeout_s=read_timeout_s, api=kind) for kind, base in map(detect_api, fallbacks)]
+        self.client = BackendChain(clients) if fallbacks else clients[0]
         self.transcriber = None
         chain = speculation = None
         if mic or transcripts is not None:

@@ -5,6 +5,12 @@ llama-server: `GET /health`, `POST /apply-template` and streamed `POST /completi
 (`Transfer-Encoding: chunked`, one `data: {json}\\n\\n` event per chunk, then a final event with
 `stop: true`). Each /completion request takes the next scripted `Reply` (or `default_reply`).
 
+It also speaks OpenAI's API, as llama-server, Ollama, vLLM and LM Studio do: `GET /v1/models` and
+streamed `POST /v1/chat/completions` (a role-only first chunk, an empty delta, `reasoning_content`
+deltas, the content deltas, a chunk with `finish_reason`, a usage chunk, then `data: [DONE]`),
+scripted by the same `Reply`s. `FakeLlamaServer(openai_only=True)` answers 404 to llama-server's
+own routes, like a server that is not llama-server.
+
 Tests order concurrent steps with events, never sleeps:
 - `Reply.gates[i]` makes the server wait on that event before sending piece `i`
   (`i == len(pieces)`: before the final event); `Reply.headers_gate` before the response headers.
@@ -68,6 +74,12 @@ class Reply:
     crlf: bool = False
     """End SSE lines with \\r\\n instead of \\n."""
     stop_type: str = "eos"
+    reasoning: list[str] = field(default_factory=list)
+    """OpenAI API: `reasoning_content` deltas sent before the content (never to be spoken)."""
+    retry_after: str | None = None
+    """With a non-200 `status`: the Retry-After header."""
+    send_done: bool = True
+    """OpenAI API: end with `data: [DONE]` (False: end the body after the finish_reason chunk)."""
 
 
 @dataclass
@@ -135,9 +147,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake._record(RecordedRequest(self.command, self.path, body, dict(self.headers.items())))
         return body
 
-    def _send_json(self, status: int, obj: Any) -> None:
+    def _send_json(self, status: int, obj: Any, retry_after: str | None = None) -> None:
         data = json.dumps(obj).encode()
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Connection", "close")
@@ -181,9 +195,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- routes -----------------------------------------------------------------------------
 
+    def _not_found(self) -> None:
+        self._send_json(404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}})
+
     def do_GET(self) -> None:  # noqa: N802
         self._record()
-        if self.path != "/health":
+        if self.path == "/v1/models":
+            if self.fake.models_status != 200:
+                self._send_json(self.fake.models_status, {"error": {"message": "no models"}})
+            else:
+                self._send_json(200, {"object": "list", "data": [{"id": self.fake.model_id, "object": "model"}]})
+        elif self.fake.openai_only:
+            self._not_found()
+        elif self.path == "/props":
+            self._send_json(200, {"default_generation_settings": {}, "total_slots": 2})
+        elif self.path != "/health":
             self._send_json(404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}})
         elif self.fake.health_status == 200:
             self._send_json(200, {"status": "ok"})
@@ -193,7 +219,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = self._record()
-        if self.path == "/apply-template":
+        if self.path == "/v1/chat/completions":
+            reply = self.fake._next_reply()
+            self.close_connection = True
+            try:
+                self._stream_openai(reply)
+            except _HangUp:
+                self.fake._note_hangup()
+            except _Stopping:
+                pass
+        elif self.fake.openai_only:
+            self._not_found()
+        elif self.path == "/apply-template":
             if self.fake.template_status != 200:
                 status = self.fake.template_status
                 self._send_json(status, {"error": {"code": status, "message": "File Not Found"}})
@@ -274,11 +311,66 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n")
 
 
+    def _stream_openai(self, reply: Reply) -> None:
+        if reply.status != 200:
+            error = {"error": {"message": reply.error_message, "type": "server_error", "code": reply.status}}
+            self._send_json(reply.status, error, reply.retry_after)
+            return
+        if reply.headers_gate is not None:
+            self._wait(reply.headers_gate)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        try:
+            self.end_headers()
+        except OSError:
+            raise _HangUp from None
+
+        def chunk(delta: dict | None, finish: str | None = None, **extra: Any) -> bytes:
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+            obj = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": self.fake.model_id,
+                   "choices": choices, **extra}  # fmt: skip
+            return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+        self._chunk(chunk({"role": "assistant", "content": None}), reply)
+        self._chunk(chunk({}), reply)  # an empty delta, as some servers send
+        for thought in reply.reasoning:
+            self._chunk(chunk({"reasoning_content": thought}), reply)
+        n = len(reply.pieces)
+        for i in range(n + 1):
+            gate = reply.gates.get(i)
+            if gate is not None:
+                self._wait(gate)
+            if reply.disconnect_at == i:
+                return
+            if reply.error_event_at == i:
+                error = {"error": {"message": reply.error_message, "type": "server_error", "code": 500}}
+                self._chunk(b"data: " + json.dumps(error).encode() + b"\n\n", reply)
+                self._write(b"0\r\n\r\n")
+                return
+            if reply.malformed_at == i:
+                self._chunk(reply.malformed_line, reply)
+            if i < n:
+                self._chunk(chunk({"content": reply.pieces[i]}), reply)
+        while reply.endless:
+            self._chunk(chunk({"content": reply.endless_piece}), reply)
+            if self.fake._stopping.wait(reply.interval_s):
+                raise _Stopping
+        tail = chunk({}, finish="stop") + chunk(None, usage={"prompt_tokens": 5, "completion_tokens": n, "total_tokens": n + 5})
+        if reply.send_done:
+            tail += b"data: [DONE]\n\n"
+        self._write(f"{len(tail):x}\r\n".encode() + tail + b"\r\n0\r\n\r\n")  # one write: no hang-up after it
+
+
 class FakeLlamaServer:
     """See the module docstring. `url` is valid between `start()` and `stop()`."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, openai_only: bool = False) -> None:
         self.port = port  # 0: a free port; set to come back on the same port after stop()
+        self.openai_only = openai_only  # answer only the OpenAI routes (/v1/...), 404 to llama-server's
+        self.model_id = "fake-model"
+        self.models_status = 200
         self.health_status = 200
         self.template_status = 200
         self.template_prefix = ""
@@ -336,6 +428,10 @@ class FakeLlamaServer:
     @property
     def completion_bodies(self) -> list[Any]:
         return [r.body for r in self.requests if r.path == "/completion"]
+
+    @property
+    def chat_bodies(self) -> list[Any]:
+        return [r.body for r in self.requests if r.path == "/v1/chat/completions"]
 
     def paths(self) -> list[str]:
         return [r.path for r in self.requests]

@@ -55,6 +55,9 @@ def test_defaults_match_the_previous_argparse_defaults():
         "echo_delay_ms": 60, "echo_gain_db": 0.0, "log_level": "INFO",
         # in AssistantConfig only until now
         "temperature": 0.6, "keep_recent_turns": 4, "min_utterance_ms": 250, "vad_threshold": 0.5,
+        # other servers (issue 12)
+        "llm_api": "auto", "llm_model_name": None, "llm_fallback_url": (), "llm_api_key_env": None,
+        "allow_insecure_key": False,
     }  # fmt: skip
     assert Config().flat() == expected
     config, actions = parse_command_line([])
@@ -86,6 +89,8 @@ def test_every_option_has_a_one_line_help_and_a_known_type():
 
 def other_value(spec):
     """A valid value for `spec` that differs from its default, as command-line words."""
+    if spec.repeated:
+        return [spec.flag, "http://a/v1", spec.flag, "http://b"], ("http://a/v1", "http://b")
     if spec.kind is bool:
         return [spec.flag if not spec.default else "--no-" + spec.flag[2:]], not spec.default
     if spec.choices:
@@ -334,3 +339,14 @@ def test_help_lists_every_group_and_flag(capsys):
     assert "[default: 4096]" in out
     with pytest.raises(HelpShown):
         parse_command_line(["-h"])
+
+
+def test_a_repeated_option_round_trips_through_the_file(tmp_path):
+    config = make_config(llm_fallback_url=("http://gpu-box:8080", "https://api.example.com/v1"))
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(config))
+    assert 'llm_fallback_url = ["http://gpu-box:8080", "https://api.example.com/v1"]' in path.read_text()
+    assert Config.from_flat(load_toml(path), source=str(path)) == config
+    path.write_text('llm_fallback_url = "http://one"\n')
+    with pytest.raises(ConfigError, match="'llm_fallback_url' must be a list"):
+        Config.from_flat(load_toml(path), source=str(path))

@@ -47,15 +47,47 @@ def divert_native_stderr(path: Path) -> None:
     sys.stderr = os.fdopen(terminal, "w", buffering=1, errors="backslashreplace")
 
 
-def start_llm(config: Config, keep_listening: bool = False):
-    """(client, server or None, ready): connect to --llm-url, or start the bundled/own llama-server.
+def make_client(config: Config, url: str, own_server: bool = False):
+    """A client for the server at `url`, its API detected (or as --llm-api says), with its API key.
 
-    A remote server still down after `--llm-wait-s` is a SetupError, except with `keep_listening`
-    (live mode), where the conversation starts anyway (`ready` False) and the supervisor polls the
-    server until it answers: a user may start the assistant before their server.
+    SetupError if the key would go over plain http to another machine, or a named key is unset."""
+    from .backends import check_key_transport, detect_api
+    from .llm_client import LlamaClient, api_key_from_env
+
+    llm = config.llm
+    key = None if own_server else api_key_from_env(llm.llm_api_key_env)
+    if not own_server:
+        check_key_transport(url, key, llm.allow_insecure_key)
+    requested = "llamacpp" if own_server and llm.llm_api == "auto" else llm.llm_api
+    api, base = detect_api(url, requested, api_key=key)
+    return LlamaClient(base, use_raw_stream=llm.use_raw_stream, use_http2=llm.use_http2, read_timeout_s=llm.llm_timeout_s,
+                       api=api, model_name=llm.llm_model_name, api_key=key)  # fmt: skip
+
+
+def check_api_keys(config: Config) -> None:
+    """Before anything loads: SetupError if an API key would travel in clear text, or a named one is unset."""
+    from .backends import check_key_transport
+    from .llm_client import api_key_from_env
+
+    llm = config.llm
+    key = api_key_from_env(llm.llm_api_key_env)
+    if llm.llm_api_key_env and key is None:
+        raise SetupError(f"--llm-api-key-env: environment variable {llm.llm_api_key_env} is not set")
+    for url in ([llm.llm_url] if llm.llm_url else []) + list(llm.llm_fallback_url):
+        check_key_transport(url, key, llm.allow_insecure_key)
+
+
+def start_llm(config: Config, keep_listening: bool = False):
+    """(backends, server or None, ready): a `BackendChain` of --llm-url (or the bundled/own llama-server
+    we start) and the --llm-fallback-url servers, its first reachable backend active.
+
+    When none answers after `--llm-wait-s`, it is a SetupError, except with `keep_listening` (live
+    mode) and no server of our own, where the conversation starts anyway (`ready` False) and the
+    supervisor polls until one answers: a user may start the assistant before their server.
     """
+    from .backends import BackendChain
+    from .errors import LLMError
     from .llama_server import LlamaServerProcess, ServerConfig
-    from .llm_client import LlamaClient
     from .models import check_gguf, default_llama_server, default_llm_gguf
 
     llm = config.llm
@@ -74,26 +106,48 @@ def start_llm(config: Config, keep_listening: bool = False):
                 log_path=Path(config.logging.server_log) if config.logging.server_log else state_dir() / "llama-server.log",
             )
         )
-        url = server.start()
-    client = LlamaClient(url, use_raw_stream=llm.use_raw_stream, use_http2=llm.use_http2, read_timeout_s=llm.llm_timeout_s)
-    ready, detail = client.health()
+    try:
+        if server is not None:
+            url = server.start()
+        chain = BackendChain([make_client(config, url, own_server=server is not None)]
+                             + [make_client(config, fallback) for fallback in llm.llm_fallback_url])  # fmt: skip
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    primary = chain.clients[0]
+    ready, detail = primary.health()
     deadline = time.monotonic() + (llm.llm_wait_s if server is None else 0)
     delay = 0.25
-    while not ready and time.monotonic() + delay < deadline:
+    while not ready:
+        reachable = [i for i, client in enumerate(chain.clients[1:], 1) if client.health()[0]]
+        if reachable:
+            chain.switch(reachable[0], f"{primary.base_url} is not reachable: {detail}")
+            ready = True
+            break
+        if time.monotonic() + delay >= deadline:
+            break
         log.warning("waiting for llama-server at %s (%s); retrying in %.1f s", url, detail, delay)
         time.sleep(delay)  # backoff while a remote server starts: nothing to wait on but time
         delay = min(delay * 2, 4.0)
-        ready, detail = client.health()
+        ready, detail = primary.health()
     if not ready and keep_listening and server is None:
         log.warning("llama-server at %s is not reachable (%s); listening anyway: it is used as soon as it answers",
                     url, detail)  # fmt: skip
-        return client, server, False
-    if not ready:
-        client.close()
+        return chain, server, False
+    try:
+        if not ready:
+            raise SetupError(f"llama-server at {url} is not reachable ({detail}); start it or drop --llm-url")
+        if chain.api == "openai":
+            chain.active.discover_model()
+    except (SetupError, LLMError) as exc:
+        chain.close()
         if server is not None:
             server.stop()
-        raise SetupError(f"llama-server at {url} is not reachable ({detail}); start it or drop --llm-url")
-    return client, server, True
+        if isinstance(exc, LLMError):
+            raise SetupError(f"{chain.active.describe()}: {exc}") from None
+        raise
+    return chain, server, True
 
 
 def load_speaker_lock(name: str):
@@ -181,6 +235,7 @@ def build_components(config: Config) -> dict:
     from .tts import PiperSynthesizer
 
     audio, speech = config.audio, config.speech
+    check_api_keys(config)
     speaker = load_speaker_lock(config.echo.speaker_lock) if config.echo.speaker_lock else None
     file_mode = audio.input_wav is not None
     source = WavFileSource(Path(audio.input_wav)) if file_mode else None
@@ -200,6 +255,7 @@ def build_components(config: Config) -> dict:
     transcript = TranscriptFile(Path(config.logging.transcript)) if config.logging.transcript else None
     metrics = MetricsFile(Path(config.logging.metrics_json)) if config.logging.metrics_json else None
     client, server, llm_ready = start_llm(config, keep_listening=not file_mode)
+    log.info("language model: %s", client.active.describe())
     try:
         if file_mode:
             sink = WavFileSink(Path(audio.output_wav), synthesizer.sample_rate_hz, audio.block_ms)
@@ -210,7 +266,7 @@ def build_components(config: Config) -> dict:
         synthesizer.warm_up()
         transcriber.warm_up()
         supervisor = LLMSupervisor(client, server)
-        if llm_ready:  # fill the prompt cache with the system prompt
+        if llm_ready and client.api == "llamacpp":  # fill the prompt cache with the system prompt
             prompt = client.apply_template(History().messages(config.llm.system_prompt))
             list(client.stream({"prompt": prompt, "n_predict": 1, "cache_prompt": True, "id_slot": 0}))
         else:

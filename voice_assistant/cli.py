@@ -54,12 +54,15 @@ def format_error(message: str) -> str:
 class OptionType(click.ParamType):
     """A command-line value checked by its option's own rules, so flags and config file agree."""
 
-    def __init__(self, spec: OptionSpec) -> None:
+    def __init__(self, spec: OptionSpec, item: bool = False) -> None:
         self.spec = spec
+        self.item = item  # one value of a repeated option (click collects them into a tuple)
         self.name = spec.kind.__name__
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
+            if self.item:
+                return self.spec.check((self.spec.parse(value),))[0]
             return self.spec.check(self.spec.parse(value) if isinstance(value, str) else value)
         except InvalidValue as exc:
             self.fail(f"invalid choice, {exc}" if exc.bad_choice else str(exc), param, ctx)
@@ -84,7 +87,7 @@ class GroupedCommand(click.Command):
 
 def _default_text(spec: OptionSpec) -> str:
     value = spec.default
-    if value is None:
+    if value is None or value == ():
         return ""
     if isinstance(value, bool):
         return f"  [default: {'on' if value else 'off'}]"
@@ -94,6 +97,9 @@ def _default_text(spec: OptionSpec) -> str:
 
 def _option(spec: OptionSpec) -> click.Option:
     help_text = spec.help + _default_text(spec)
+    if spec.repeated:
+        return click.Option([spec.flag, spec.name], type=OptionType(spec, item=True), multiple=True,
+                            default=spec.default, metavar=spec.metavar or "TEXT", help=help_text + "; repeatable")
     if spec.kind is bool:
         negative = "--no-" + spec.flag[2:]
         return click.Option([f"{spec.flag}/{negative}", spec.name], default=spec.default, help=help_text)

@@ -97,6 +97,15 @@ class LLMConfig:
     title: ClassVar[str] = "language model"
 
     llm_url: str | None = option(None, "use this running llama-server instead of starting one", metavar="URL")
+    llm_api: str = option("auto", "the server's API: llamacpp (/completion), openai (/v1/chat/completions), or auto: "
+                          "a URL ending in /v1 is openai, else probe /props", choices=("auto", "llamacpp", "openai"))
+    llm_model_name: str | None = option(None, "the `model` field of OpenAI-style requests (default: the first of "
+                                        "GET /v1/models)", metavar="NAME")
+    llm_fallback_url: tuple[str, ...] = option((), "a server to use when the ones before it are down (API detected "
+                                               "like --llm-url); back to the first as soon as it answers", metavar="URL")
+    llm_api_key_env: str | None = option(None, "environment variable holding the API key (default: LLAMA_API_KEY, "
+                                         "then OPENAI_API_KEY); the key is never printed", metavar="NAME")
+    allow_insecure_key: bool = option(False, "send the API key over plain http:// to a host that is not this machine")
     llm_model: str | None = option(None, "GGUF model for the auto-started llama-server (default: bundled "
                                          "SmolLM2-135M)", metavar="GGUF")
     llama_server: str | None = option(None, "llama-server binary to start (default: the bundled build)",
@@ -183,6 +192,7 @@ class OptionSpec:
     title: str  # the group's heading in --help and in the TOML file
     kind: type  # str, int, float or bool
     optional: bool  # None is allowed and means "not set"
+    repeated: bool  # a list of `kind` values (tuple[str, ...]): a flag given several times, a TOML array
     default: Any
     help: str
     min: float | None = None
@@ -215,6 +225,13 @@ class OptionSpec:
 
     def check(self, value: Any) -> Any:
         """`value` if this option can take it (an int becomes a float for a float option); else InvalidValue."""
+        if self.repeated:
+            if not isinstance(value, (list, tuple)):
+                raise InvalidValue(f"must be a list, got {value!r}")
+            return tuple(self._check_one(item) for item in value)
+        return self._check_one(value)
+
+    def _check_one(self, value: Any) -> Any:
         if value is None and self.optional:
             return None
         if self.kind is bool:
@@ -253,17 +270,20 @@ class OptionSpec:
 
 
 def _spec_for(group: str, title: str, f: dataclasses.Field, hint: Any) -> OptionSpec:
+    repeated = False
     if hint in (str, int, float, bool):
         kind, optional = hint, False
     elif set(typing.get_args(hint)) == {str, type(None)}:
         kind, optional = str, True
+    elif typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, Ellipsis):
+        kind, optional, repeated = str, False, True
     else:
-        raise TypeError(f"option {f.name!r} has type {hint!r}: use str, int, float, bool or str | None")
+        raise TypeError(f"option {f.name!r} has type {hint!r}: use str, int, float, bool, str | None or tuple[str, ...]")
     meta = f.metadata
     if "help" not in meta:
         raise TypeError(f"option {f.name!r} is not declared with option()")
-    return OptionSpec(f.name, group, title, kind, optional, f.default, meta["help"], meta["min"], meta["max"],
-                      meta["choices"], meta["metavar"])
+    return OptionSpec(f.name, group, title, kind, optional, repeated, f.default, meta["help"], meta["min"],
+                      meta["max"], meta["choices"], meta["metavar"])
 
 
 @dataclass(frozen=True)
@@ -407,8 +427,10 @@ def to_toml(config: Config) -> str:
 _TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
-def toml_value(value: str | int | float | bool) -> str:
-    """One value in TOML syntax: a basic string, an integer, a float or a boolean."""
+def toml_value(value: str | int | float | bool | tuple) -> str:
+    """One value in TOML syntax: a basic string, an integer, a float, a boolean or an array of them."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

@@ -4,11 +4,13 @@
     ├── SetupError          a start-up problem the user must fix (missing model, bad flag, no device)
     │   ├── AudioDeviceError
     │   └── WavFormatError
-    └── LLMError            a problem talking to llama-server during a turn
+    │   └── ConfigError     a bad option, config file or flag (config.py; UsageError in cli.py)
+    └── LLMError            a problem talking to the language-model server during a turn
         ├── LLMConnectionError   cannot connect, connection lost
         │   └── LLMReadTimeout   the server stopped answering mid-request (a hang)
         ├── LLMProtocolError     HTTP error status or a malformed response
-        │   └── LLMContextOverflow  the prompt does not fit the model's context
+        │   ├── LLMContextOverflow  the prompt does not fit the model's context
+        │   └── LLMRateLimited      HTTP 429: the server asks us to wait
         └── LLMTooSlowError      tokens keep coming, but nothing speakable for too long
 
 Errors are converted to these types once, at the boundary of the module that meets them.
@@ -51,6 +53,14 @@ class LLMProtocolError(LLMError):
 
 class LLMContextOverflow(LLMProtocolError):
     """The server refused the prompt: it exceeds the model's context window."""
+
+
+class LLMRateLimited(LLMProtocolError):
+    """The server answered HTTP 429; `retry_after_s` is its Retry-After, if it gave one."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class LLMTooSlowError(LLMError):

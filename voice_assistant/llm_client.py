@@ -24,13 +24,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import LLMConnectionError, LLMContextOverflow, LLMProtocolError, LLMReadTimeout
+from .errors import LLMConnectionError, LLMContextOverflow, LLMProtocolError, LLMRateLimited, LLMReadTimeout
 from .sse import ChunkedDecoder, SSEParser, decode_line, sse_data
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "LLAMA_API_KEY"
-"""Environment variable holding an optional API key for a remote llama-server (never logged)."""
+API_KEY_ENVS = ("LLAMA_API_KEY", "OPENAI_API_KEY")
+"""Environment variables read, in order, for an API key when no other is named (never logged)."""
+LLAMACPP, OPENAI = "llamacpp", "openai"
+"""The two APIs: llama-server's native `/completion`, and OpenAI's `/v1/chat/completions`."""
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -58,8 +60,22 @@ def chatml(messages: list[dict]) -> str:
     return "".join(parts) + "<|im_start|>assistant\n"
 
 
+def api_key_from_env(name: str | None = None) -> str | None:
+    """The API key in environment variable `name`, or in the first of API_KEY_ENVS that is set."""
+    for env in (name,) if name else API_KEY_ENVS:
+        if os.environ.get(env):
+            return os.environ[env]
+    return None
+
+
 class LlamaClient:
-    """Talks to one llama-server. Thread-safe: each stream has its own connection."""
+    """Talks to one language-model server, in llama-server's API or OpenAI's (`api`). Thread-safe:
+    each stream has its own connection.
+
+    For `api == OPENAI`, `base_url` ends in `/v1`; a "prompt" is the list of chat messages itself
+    (the server applies the template), and `stream()` turns llama-server's sampling fields into
+    OpenAI's. Both stream the same way: `stream()` returns a `CompletionStream` of text pieces.
+    """
 
     def __init__(
         self,
@@ -68,16 +84,21 @@ class LlamaClient:
         use_http2: bool = False,
         connect_timeout_s: float = 3.0,
         read_timeout_s: float = 30.0,
+        api: str = LLAMACPP,
+        model_name: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise LLMConnectionError(f"not an http(s) URL: {base_url!r}")
         self.base_url = base_url.rstrip("/")
+        self.api = api
+        self.model_name = model_name  # OpenAI's `model` field; None until discovered
         self.use_raw_stream = use_raw_stream
         self.use_http2 = use_http2
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
-        self._api_key = os.environ.get(API_KEY_ENV) or None
+        self._api_key = api_key
         self._http = httpx.Client(
             http2=use_http2,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
@@ -88,19 +109,55 @@ class LlamaClient:
     def _auth_headers(self) -> dict:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
+    @property
+    def stream_path(self) -> str:
+        return "/chat/completions" if self.api == OPENAI else "/completion"
+
+    def describe(self) -> str:
+        """For status lines: the URL and its API (never the key)."""
+        return f"{self.base_url} ({'OpenAI-compatible' if self.api == OPENAI else 'llama-server'})"
+
     def close(self) -> None:
         self._http.close()
 
     def health(self, timeout_s: float = 2.0) -> tuple[bool, str]:
-        """(ready, detail): ready only on HTTP 200 from /health; never raises."""
+        """(ready, detail): ready only on HTTP 200 from /health (OpenAI API: /models); never raises."""
         try:
-            response = self._http.get(self.base_url + "/health", timeout=timeout_s)
+            path = "/models" if self.api == OPENAI else "/health"
+            response = self._http.get(self.base_url + path, timeout=timeout_s)
         except httpx.HTTPError as exc:
             return False, f"{type(exc).__name__}: {exc}"
         return response.status_code == 200, f"HTTP {response.status_code}"
 
-    def apply_template(self, messages: list[dict]) -> str:
-        """The prompt for `messages` in the model's own chat template (server's /apply-template)."""
+    def discover_model(self, timeout_s: float = 5.0) -> str:
+        """OpenAI API: the model to ask for: `model_name`, else the first of GET /models (LLMError if none)."""
+        if self.model_name:
+            return self.model_name
+        try:
+            response = self._http.get(self.base_url + "/models", timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise LLMConnectionError(f"{self.base_url}/models unreachable: {exc}") from None
+        if response.status_code != 200:
+            raise http_error(response.status_code, response.content, response.headers.get("retry-after"))
+        try:
+            models = response.json()["data"]
+            self.model_name = str(models[0]["id"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise LLMProtocolError(f"{self.base_url}/models lists no model: name one with --llm-model-name") from None
+        return self.model_name
+
+    def continue_prompt(self, prompt, said: str):
+        """The prompt that makes the model go on after `said` (its own words so far), or None when the
+        API cannot continue a reply (OpenAI chat: a new request starts a new message)."""
+        if self.api == OPENAI or not isinstance(prompt, str):
+            return None
+        return prompt + said
+
+    def apply_template(self, messages: list[dict]):
+        """The prompt for `messages`: in the model's own chat template (server's /apply-template), or,
+        for the OpenAI API, the messages themselves."""
+        if self.api == OPENAI:
+            return [dict(message) for message in messages]
         if self._template_supported:
             try:
                 response = self._http.post(self.base_url + "/apply-template", json={"messages": messages})
@@ -118,8 +175,12 @@ class LlamaClient:
         return chatml(messages)
 
     def stream(self, payload: dict) -> "CompletionStream":
-        """Start a streamed /completion (payload gets `stream: true`); iterate it for text pieces."""
-        body = json.dumps({**payload, "stream": True}).encode()
+        """Start a streamed completion of `payload` (llama-server's /completion fields; `prompt` from
+        `apply_template`); iterate it for text pieces."""
+        if self.api == OPENAI:
+            body = json.dumps(openai_body(payload, self.discover_model())).encode()
+        else:
+            body = json.dumps({**payload, "stream": True}).encode()
         if self.use_raw_stream:
             return RawCompletionStream(self, body)
         return LinesCompletionStream(self, body)
@@ -156,6 +217,12 @@ class CompletionStream:
         now = time.monotonic()
         if not self.stats.first_line_t:
             self.stats.first_line_t = now
+        if self.client.api == OPENAI:
+            content, stop = self._openai_event(payload)
+            if content:
+                self.stats.tokens += 1
+                self.stats.first_token_t = self.stats.first_token_t or now
+            return content, stop
         try:
             event = json.loads(payload)
         except ValueError:
@@ -178,6 +245,53 @@ class CompletionStream:
             self.stats.server_timings = event.get("timings") or {}
             self.stats.stop_type = str(event.get("stop_type", ""))
         return content, stop
+
+
+    def _openai_event(self, payload: str) -> tuple[str, bool]:
+        """(content, stop) of one chat-completion chunk; reasoning (`reasoning_content`) is dropped."""
+        if payload.strip() == "[DONE]":
+            return "", True
+        try:
+            event = json.loads(payload)
+        except (ValueError, RecursionError):
+            raise LLMProtocolError(f"the server sent a non-JSON event: {payload[:80]!r}") from None
+        if not isinstance(event, dict):
+            raise LLMProtocolError(f"the server sent an unexpected event: {payload[:80]!r}")
+        if "error" in event:
+            error = event["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise LLMProtocolError(f"the server reported an error: {message}")
+        usage, timings = event.get("usage"), event.get("timings")
+        if isinstance(usage, dict):
+            details = usage.get("prompt_tokens_details")
+            self.stats.server_timings.setdefault("prompt_n", usage.get("prompt_tokens"))
+            if isinstance(details, dict):
+                self.stats.server_timings.setdefault("cache_n", details.get("cached_tokens"))
+        if isinstance(timings, dict):  # llama-server's OpenAI endpoint adds its own timings
+            self.stats.server_timings.update(timings)
+        choices = event.get("choices") or []
+        if not isinstance(choices, list) or (choices and not isinstance(choices[0], dict)):
+            raise LLMProtocolError(f"the server sent malformed choices: {payload[:80]!r}")
+        if not choices:
+            return "", False  # a usage-only chunk
+        delta = choices[0].get("delta") or {}
+        content = delta.get("content") or "" if isinstance(delta, dict) else None
+        if not isinstance(content, str):
+            raise LLMProtocolError("the server sent non-text content")
+        if choices[0].get("finish_reason"):
+            self.stats.stop_type = str(choices[0]["finish_reason"])
+        return content, False
+
+
+def openai_body(payload: dict, model: str) -> dict:
+    """An OpenAI chat-completion request for a llama-server-style `payload` (prompt = the messages)."""
+    body = {"model": model, "messages": payload["prompt"], "stream": True, "stream_options": {"include_usage": True}}
+    if "n_predict" in payload:
+        body["max_tokens"] = payload["n_predict"]
+    for name in ("temperature", "top_p"):
+        if name in payload:
+            body[name] = payload[name]
+    return body
 
 
 class RawCompletionStream(CompletionStream):
@@ -211,7 +325,7 @@ class RawCompletionStream(CompletionStream):
 
     def _request_bytes(self) -> bytes:
         parts = urlsplit(self.client.base_url)
-        path = (parts.path.rstrip("/") or "") + "/completion"
+        path = (parts.path.rstrip("/") or "") + self.client.stream_path
         headers = [
             f"POST {path} HTTP/1.1",
             f"Host: {parts.netloc}",
@@ -289,7 +403,7 @@ class RawCompletionStream(CompletionStream):
                     break
                 body += data
             text = decoder.feed(bytes(body)) if decoder else bytes(body)
-            raise http_error(status, text)
+            raise http_error(status, text, headers.get("retry-after"))
         parser = SSEParser()
         data, eof = rest, False
         while True:
@@ -309,6 +423,8 @@ class RawCompletionStream(CompletionStream):
             if self.aborted:
                 return
             if ended:
+                if self.stats.stop_type and self.client.api == OPENAI:
+                    return  # a finish_reason came, then the end of the body without [DONE]: accept it
                 if eof and not (decoder and decoder.done):
                     raise LLMConnectionError("llama-server closed the stream before it finished")
                 raise LLMConnectionError("llama-server ended the stream without a final event")
@@ -350,12 +466,12 @@ class LinesCompletionStream(CompletionStream):
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream", "Connection": "close"}
         try:
             with self.client._http.stream(
-                "POST", self.client.base_url + "/completion", content=self.body, headers=headers,
+                "POST", self.client.base_url + self.client.stream_path, content=self.body, headers=headers,
                 extensions={"trace": self._trace},
             ) as response:
                 self.stats.sent_t = time.monotonic()
                 if response.status_code != 200:
-                    raise http_error(response.status_code, response.read())
+                    raise http_error(response.status_code, response.read(), response.headers.get("retry-after"))
                 for line in response.iter_lines():
                     if not self.stats.first_byte_t:
                         self.stats.first_byte_t = time.monotonic()
@@ -369,7 +485,7 @@ class LinesCompletionStream(CompletionStream):
                         yield content
                     if stop:
                         return
-                if not self.aborted:
+                if not self.aborted and not (self.stats.stop_type and self.client.api == OPENAI):
                     raise LLMConnectionError("llama-server ended the stream without a final event")
         except httpx.ReadTimeout:
             if not self.aborted:
@@ -384,9 +500,15 @@ class LinesCompletionStream(CompletionStream):
                 self._network_stream = None
 
 
-def http_error(status: int, body: bytes) -> LLMProtocolError:
+def http_error(status: int, body: bytes, retry_after: str | None = None) -> LLMProtocolError:
     """The typed error for an HTTP error answer (the one place that reads llama-server's wording)."""
     message = _error_message(body)
+    if status == 429:
+        try:
+            delay_s = max(0.0, float(retry_after)) if retry_after else None
+        except ValueError:
+            delay_s = None
+        return LLMRateLimited(f"the server is rate-limiting (HTTP 429): {message}", delay_s)
     if status == 400 and ("context" in message.lower() or "exceed_context" in body.decode("utf-8", "replace")):
         return LLMContextOverflow(f"llama-server answered HTTP {status}: {message}")
     return LLMProtocolError(f"llama-server answered HTTP {status}: {message}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .assembly import start_llm
+from .assembly import check_api_keys, start_llm
 from .config import Config
 from .metrics import ms
 
@@ -61,15 +61,17 @@ def run_self_test(config: Config) -> int:
         return f"transcribed {text!r} in {took:.0f} ms"
 
     def llm():
+        check_api_keys(config)
         client, server, _ = start_llm(config)
         try:
             stream = client.stream({"prompt": client.apply_template([{"role": "user", "content": "Say hello."}]),
                                     "n_predict": 16})  # fmt: skip
             text = "".join(stream)
+            backend = client.active.describe()
             if stream.stats.tokens == 0:
-                raise RuntimeError("llama-server streamed no tokens")
+                raise RuntimeError(f"{backend} streamed no tokens")
             first = ms(stream.stats.sent_t, stream.stats.first_token_t)
-            return f"{stream.stats.tokens} tokens streamed, first after {first} ms: {text.strip()[:40]!r}"
+            return f"{backend} answered: {stream.stats.tokens} tokens, first after {first} ms: {text.strip()[:40]!r}"
         finally:
             client.close()
             if server is not None:

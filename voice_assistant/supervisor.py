@@ -1,4 +1,5 @@
-"""Keeps the language model reachable: restarts our own llama-server, waits out a remote one.
+"""Keeps the language model reachable: restarts our own llama-server, waits out a remote one, and
+switches between the backends of a `BackendChain` (a primary and its fallbacks).
 
 `LLMSupervisor.run()` is the `llm-monitor` thread: once a second it checks that the child
 llama-server is alive, and while the server is marked down it polls `/health` with backoff.
@@ -8,7 +9,8 @@ check, or a read timeout, which means a hang) and restarts it. The LLM thread ne
 anything: before a turn it waits (`wait_settled()`) for a pending check or restart to finish, so
 the next turn neither races a restart nor waits for a connect timeout. Restarts are bounded: more than
 `max_restarts` within `window_s` is a crash loop, and the supervisor stops restarting and says so
-instead of spinning.
+instead of spinning. With fallbacks, a failing backend hands over to the next reachable one, and
+the primary is polled with backoff until it answers again, then used again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import logging
 import threading
 import time
 
+from .backends import BackendChain
 from .errors import LLMError, LLMReadTimeout, SetupError
+from .llm_client import OPENAI
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +38,9 @@ class LLMSupervisor:
         poll_s: float = 1.0,
         max_backoff_s: float = 10.0,
     ) -> None:
-        self.client = client
-        self.server = server  # LlamaServerProcess we own, or None for --llm-url
+        self.chain = client if isinstance(client, BackendChain) else BackendChain([client])
+        self.client = self.chain.clients[0]  # the primary
+        self.server = server  # LlamaServerProcess we own (the primary), or None for --llm-url
         self.max_restarts = max_restarts
         self.window_s = window_s
         self.poll_s = poll_s
@@ -59,7 +64,7 @@ class LLMSupervisor:
         """Not known to be down and not given up (a reported failure may still be being checked:
         `wait_settled()` waits for that check)."""
         with self._lock:
-            return not self._down and not self._gave_up
+            return not self._down and not (self._gave_up and self.chain.index == 0)
 
     def wait_settled(self, timeout_s: float = 30.0) -> bool:
         """LLM thread: wait until a reported failure has been checked (and a restart done); `available`."""
@@ -79,38 +84,62 @@ class LLMSupervisor:
         self._wake.set()
 
     def _check_reported(self, error: LLMError) -> None:
-        """Monitor thread: is the backend down after this failure? Restart ours if it is."""
-        if self.server is not None:
+        """Monitor thread: is the backend down after this failure? Restart ours, or fail over."""
+        if self.server is not None and self.chain.index == 0:
             hung = isinstance(error, LLMReadTimeout)
             ready, _ = self.client.health(timeout_s=1.0)
             if hung or not self.server.alive() or not ready:
                 reason = "stopped answering" if hung and self.server.alive() else "is not running"
-                self._restart(f"llama-server {reason} ({error})", force=hung)
+                if not self._fail_over(f"llama-server {reason}"):
+                    self._restart(f"llama-server {reason} ({error})", force=hung)
             return
-        ready, detail = self.client.health(timeout_s=1.0)
-        if not ready:
-            self.mark_down(f"llama-server at {self.client.base_url} unreachable ({detail}); retrying")
+        active = self.chain.active
+        ready, detail = active.health(timeout_s=1.0)
+        if not ready and not self._fail_over(f"{active.base_url} failed: {error}"):
+            self.mark_down(f"llama-server at {active.base_url} unreachable ({detail}); retrying")
+
+    def _fail_over(self, reason: str, include_active: bool = False) -> bool:
+        """Switch to the first other backend that answers; False if none does (or there are none)."""
+        current = self.chain.index
+        for index, client in enumerate(self.chain.clients):
+            if (index == current and not include_active) or (index == 0 and self.server is not None and not self.server.alive()):
+                continue
+            if client.health(timeout_s=1.0)[0]:
+                self.chain.switch(index, reason)
+                with self._lock:
+                    self._down = False
+                return True
+        return False
 
     def check(self) -> None:
         """One monitor step (the monitor thread calls it every `poll_s`)."""
-        if self.server is not None:
-            if not self.server.alive() and not self.gave_up:
+        if self.server is not None and self.chain.index == 0:
+            if not self.server.alive() and not self.gave_up and not self._fail_over("llama-server exited"):
                 self._restart("llama-server exited")
             return
+        if self.server is not None and not self.server.alive() and not self.gave_up:
+            self._restart("llama-server exited")  # a fallback answers meanwhile; ours is used again once up
         with self._lock:
-            if not self._down or time.monotonic() < self._next_check_t:
-                return
-        ready, _ = self.client.health(timeout_s=1.0)
+            due = time.monotonic() >= self._next_check_t
+            down = self._down
+        if not due or (not down and self.chain.index == 0):
+            return
+        if down:  # nothing answered: whichever answers first, in order of preference
+            ready = self._fail_over("reachable again", include_active=True)
+        else:  # on a fallback: is the primary back?
+            primary_ok = self.server is None or self.server.alive()
+            ready = primary_ok and self.client.health(timeout_s=1.0)[0]
+            if ready:
+                self.chain.switch(0, "the primary server is back")
         with self._lock:
             if ready:
-                self._down = False
                 self._backoff_s = self.poll_s
-                self.recoveries += 1
+                self.recoveries += down
             else:
                 self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
-                self._next_check_t = time.monotonic() + self._backoff_s
-        if ready:
-            log.warning("llama-server at %s is reachable again", self.client.base_url)
+            self._next_check_t = time.monotonic() + self._backoff_s
+        if ready and down:
+            log.warning("llama-server at %s is reachable again", self.chain.base_url)
 
     def run(self, stopping: threading.Event) -> None:
         """The llm-monitor thread: checks every `poll_s`, and at once when a failure is reported."""
@@ -169,7 +198,7 @@ class LLMSupervisor:
                 give_up = True
             else:
                 self._restarts.append(now)
-                self._down = True
+                self._down = self._down or self.chain.index == 0  # unless a fallback answers meanwhile
                 give_up = False
                 attempt = len(self._restarts)
         if give_up:
@@ -189,7 +218,7 @@ class LLMSupervisor:
         except SetupError as exc:
             log.error("restarting llama-server failed: %s", exc)
             return
-        self.client.base_url = url
+        self.client.base_url = url + ("/v1" if self.client.api == OPENAI else "")
         with self._lock:
             self._down = False
             self.restart_count += 1

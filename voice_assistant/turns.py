@@ -57,8 +57,11 @@ class TurnTimings:
 
 @dataclass
 class Turn:
-    """The turn being answered. Created and mutated under `VoiceConversationSystem._lock`, except
-    `raw_text`, `prompt`, `llm` and `retried`, which only the LLM thread touches."""
+    """The turn being answered. Its fields are written under `VoiceConversationSystem._lock`, except:
+    `raw_text`, `prompt`, `llm`, `llm_done`, `retried`, `timings.llm_start_t` and
+    `timings.first_token_t`, which only the LLM thread writes, and `loop_message`, written once by
+    the thread that starts the turn or promotes a speculative one (which is then dropped and the
+    text submitted again as a new turn, so the LLM thread never sees it change)."""
 
     turn_id: int
     user_text: str

@@ -1,0 +1,138 @@
+"""The small mechanical modules on their own: QueueWorker, heard_words, the speech worker's hold
+buffer, and the supervisor doing its restarts on its own thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from fake_llama_server import FakeLlamaServer
+from fakes import FakeAudioSink, FakeSynthesizer
+from voice_assistant.errors import LLMReadTimeout
+from voice_assistant.llm_client import LlamaClient
+from voice_assistant.speech import SpeechWorker
+from voice_assistant.supervisor import LLMSupervisor
+from voice_assistant.turns import STOP, EndOfText, SentenceItem, TurnCounter, heard_words
+from voice_assistant.workers import QueueWorker
+
+
+def test_queue_worker_survives_a_failing_item_and_stops_on_the_sentinel(caplog):
+    handled = []
+
+    def handle(item):
+        if item == "bad":
+            raise ValueError("boom")
+        handled.append(item)
+
+    worker = QueueWorker("test-worker", handle)
+    for item in ("a", "bad", "b", STOP, "never"):
+        worker.put(item)
+    assert not worker.idle()
+    worker.run()  # on this thread: returns at STOP
+    assert handled == ["a", "b"]
+    assert "test-worker: handling 'bad' failed" in caplog.text and "boom" in caplog.text
+
+
+def test_queue_worker_thread_is_named_and_joins():
+    seen = []
+    worker = QueueWorker("named", lambda item: seen.append(threading.current_thread().name))
+    worker.start()
+    worker.put(1)
+    worker.stop()
+    worker.join(2.0)
+    assert not worker.is_alive() and seen == ["named"] and worker.idle()
+
+
+@pytest.mark.parametrize(
+    "sentence, progress, heard",
+    [
+        ("one two three four", 1.0, "one two three four"),
+        ("one two three four", 0.5, "one two"),
+        ("one two three four", 0.49, "one"),
+        ("one two three four", 0.0, ""),
+        ("Hello, world!", 0.999, "Hello, world!"),
+        ("", 0.5, ""),
+    ],
+)
+def test_heard_words(sentence, progress, heard):
+    assert heard_words(sentence, progress) == heard
+
+
+def test_speech_worker_holds_a_tentative_turn_and_releases_it_in_order():
+    turns = TurnCounter()
+    turn_id = turns.advance()
+    sink = FakeAudioSink()
+    speech = SpeechWorker(FakeSynthesizer(), sink, turns)
+    speech.hold(turn_id)
+    for index, text in enumerate(["First.", "Second one."]):
+        speech.worker.put(SentenceItem(turn_id, index, text))
+    speech.worker.put(EndOfText(turn_id))
+    speech.worker.put(STOP)
+    speech.worker.run()
+    held = speech.held_blocks(turn_id)
+    assert held == 3 + 6 and sink.pending_blocks() == 0  # 60 and 110 samples in 20-sample blocks
+    speech.release(turn_id)
+    assert speech.held_blocks(turn_id) == 0 and sink.pending_blocks() == held
+    sink.play_all()
+    assert [block.sentence_index for block in sink.played] == [0] * 3 + [1] * 6
+    assert sink.ends == [turn_id]
+
+
+def test_speech_worker_drops_stale_items():
+    turns = TurnCounter()
+    old = turns.advance()
+    turns.advance()
+    sink = FakeAudioSink()
+    speech = SpeechWorker(FakeSynthesizer(), sink, turns)
+    for item in (SentenceItem(old, 0, "Old."), EndOfText(old), STOP):
+        speech.worker.put(item)
+    speech.worker.run()
+    assert sink.pending_blocks() == 0 and sink.queue.idle.is_set()  # not even its end marker
+    assert speech.synthesizer.spoken == []
+
+
+class FakeServerProcess:
+    """Stands in for LlamaServerProcess: records on which thread it was restarted."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.running = True
+        self.started_on: list[str] = []
+        self.config = type("Config", (), {"log_path": "server.log"})()
+
+    def alive(self) -> bool:
+        return self.running
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self.running = False
+
+    def start(self) -> str:
+        self.started_on.append(threading.current_thread().name)
+        self.running = True
+        return self.url
+
+
+def test_a_hang_is_restarted_on_the_monitor_thread_never_on_the_reporting_one(caplog):
+    caplog.set_level(logging.WARNING)
+    with FakeLlamaServer() as fake:
+        client = LlamaClient(fake.url)
+        process = FakeServerProcess(fake.url)
+        supervisor = LLMSupervisor(client, process, poll_s=0.05)
+        stopping = threading.Event()
+        monitor = threading.Thread(target=supervisor.run, args=(stopping,), name="llm-monitor")
+        monitor.start()
+        try:
+            started = time.monotonic()
+            supervisor.report_failure(LLMReadTimeout("reading from llama-server timed out"))
+            assert time.monotonic() - started < 0.05  # the reporting (LLM) thread does not wait
+            assert supervisor.wait_settled(10.0)
+            assert process.started_on == ["llm-monitor"] and supervisor.restart_count == 1
+            assert "stopped answering" in caplog.text
+        finally:
+            stopping.set()
+            supervisor.stop()
+            monitor.join(5.0)
+            client.close()
