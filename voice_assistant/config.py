@@ -96,7 +96,8 @@ class SpeechConfig:
 class LLMConfig:
     title: ClassVar[str] = "language model"
 
-    llm_url: str | None = option(None, "use this running llama-server instead of starting one", metavar="URL")
+    llm_url: str | None = option(None, "use this running server (llama-server, or OpenAI-compatible) instead of "
+                                 "starting one", metavar="URL")
     llm_api: str = option("auto", "the server's API: llamacpp (/completion), openai (/v1/chat/completions), or auto: "
                           "a URL ending in /v1 is openai, else probe /props", choices=("auto", "llamacpp", "openai"))
     llm_model_name: str | None = option(None, "the `model` field of OpenAI-style requests (default: the first of "
