@@ -28,7 +28,8 @@ from voice_assistant.defense import SelfSpeechDefense
 from voice_assistant.endpointing import Endpoint, PauseSnapshot, SpeechLong, SpeechStart
 from voice_assistant.errors import LLMContextOverflow, LLMError, LLMTooSlowError, VoiceAssistantError
 from voice_assistant.history import Exchange, History
-from voice_assistant.metrics import MetricsFile, TranscriptFile, barge_in_record, format_turn, llm_breakdown, turn_record
+from voice_assistant.metrics import (MetricsFile, TranscriptFile, barge_in_record, format_turn, llm_breakdown,
+                                     turn_record)  # fmt: skip
 from voice_assistant.reply import ReplyOptions, ReplyStreamer
 from voice_assistant.speech import SpeechWorker
 from voice_assistant.summarizer import HistorySummarizer
@@ -135,8 +136,8 @@ class VoiceConversationSystem:
     def start(self) -> None:
         """Start the worker threads, then playback and the audio source."""
         self.t0 = time.monotonic()
-        self.sink.connect(self._on_play, self.turns.is_current,
-                          self._on_played_samples if self.mic is not None and self.mic.hears_playback else None)  # fmt: skip
+        hears_playback = self.mic is not None and self.mic.hears_playback
+        self.sink.connect(self._on_play, self.turns.is_current, self._on_played_samples if hears_playback else None)
         for worker in (self.llm_worker, self.speech.worker, self.control_worker):
             worker.start()
         if self.speculation is not None:
@@ -301,7 +302,8 @@ class VoiceConversationSystem:
                 return
             turn = Turn(self.turns.advance(), cut.user_text, TurnTimings(cut.timings.speech_end_t, cut.timings.text_t))
             done = max(cut.heard_index + (1 if cut.heard_progress >= 0.999 else 0), 0)
-            turn.resumed_from, turn.sentences, turn.prompt, turn.llm_done = cut.turn_id, cut.sentences[:done], cut.prompt, cut.llm_done
+            turn.resumed_from, turn.sentences = cut.turn_id, cut.sentences[:done]
+            turn.prompt, turn.llm_done = cut.prompt, cut.llm_done
             self._active = turn
         log.info("no words in the interruption: resuming turn %d at sentence %d", cut.turn_id, done + 1)
         self.llm_worker.put(Resume(turn.turn_id, tuple(cut.sentences[done:]), cut.llm_done))
@@ -454,7 +456,8 @@ class VoiceConversationSystem:
             return
         turn.timings.llm_start_t = time.monotonic()
         try:
-            turn.prompt = self.client.apply_template(self.history.messages(self.config.llm.system_prompt, turn.user_text))
+            messages = self.history.messages(self.config.llm.system_prompt, turn.user_text)
+            turn.prompt = self.client.apply_template(messages)
         except LLMError as exc:
             log.error("language model unavailable: %s", exc)
             self._fail(turn, exc, LLM_ERROR_REPLY)
@@ -491,7 +494,8 @@ class VoiceConversationSystem:
                 turn.retried = True  # keep only the last two exchanges and ask again, once
                 dropped = max(1, len(self.history) - 2)
                 self.history.drop_oldest(dropped)
-                log.warning("turn %d: the prompt did not fit the model's context; dropped %d old exchanges", turn.turn_id, dropped)
+                log.warning("turn %d: the prompt did not fit the model's context; dropped %d old exchanges",
+                            turn.turn_id, dropped)  # fmt: skip
                 self._answer(turn, Respond(turn.turn_id))
             else:
                 self._fail(turn, error, LLM_SLOW_REPLY if isinstance(error, LLMTooSlowError) else LLM_ERROR_REPLY)

@@ -208,7 +208,7 @@ def test_printed_config_is_grouped_and_commented():
     text = to_toml(Config())
     for title in TITLES:
         assert any(line.startswith("#") and line.endswith(title) for line in text.splitlines()), title
-    assert "# use this running llama-server instead of starting one\n# llm_url =" in text
+    assert "instead of starting one\n# llm_url =" in text
     assert "(not set)" in text
     assert "\ntemperature = 0.6\n" in text and "\naec = true\n" in text
     assert set(tomllib.loads(text)) == {name for name, value in Config().flat().items() if value is not None}

@@ -191,7 +191,8 @@ class SpeechRecognizer:
         """Audio at 16 kHz, int16 mono (called on the audio-in thread)."""
         self._recorder.feed_audio(chunk_int16.tobytes(), original_sample_rate=16000)
 
-    def start(self, on_final: Callable[[str, float, float, np.ndarray | None], None], stopping: threading.Event) -> None:
+    def start(self, on_final: Callable[[str, float, float, np.ndarray | None], None],
+              stopping: threading.Event) -> None:  # fmt: skip
         self._thread = threading.Thread(target=self._run, args=(on_final, stopping), name="asr", daemon=True)
         self._thread.start()
 

@@ -60,8 +60,8 @@ def make_client(config: Config, url: str, own_server: bool = False):
         check_key_transport(url, key, llm.allow_insecure_key)
     requested = "llamacpp" if own_server and llm.llm_api == "auto" else llm.llm_api
     api, base = detect_api(url, requested, api_key=key)
-    return LlamaClient(base, use_raw_stream=llm.use_raw_stream, use_http2=llm.use_http2, read_timeout_s=llm.llm_timeout_s,
-                       api=api, model_name=llm.llm_model_name, api_key=key)  # fmt: skip
+    return LlamaClient(base, use_raw_stream=llm.use_raw_stream, use_http2=llm.use_http2, api=api,
+                       read_timeout_s=llm.llm_timeout_s, model_name=llm.llm_model_name, api_key=key)  # fmt: skip
 
 
 def check_api_keys(config: Config) -> None:
@@ -103,7 +103,7 @@ def start_llm(config: Config, keep_listening: bool = False):
                 threads=llm.llm_threads,
                 batch_threads=llm.llm_batch_threads,
                 context_tokens=llm.llm_context,
-                log_path=Path(config.logging.server_log) if config.logging.server_log else state_dir() / "llama-server.log",
+                log_path=Path(config.logging.server_log or state_dir() / "llama-server.log"),
             )
         )
     try:
@@ -180,7 +180,8 @@ def build_defense(config: Config, synthesizer, speaker=None):
             """voice-enroll thread: about 2 s of synthesis and encoder loading, beside start-up.
 
             Until it is done the own-voice check is skipped (guard.assistant stays None)."""
-            clips = [(synthesizer.synthesize_all(text), synthesizer.sample_rate_hz) for text in guard.ASSISTANT_SENTENCES]
+            rate = synthesizer.sample_rate_hz
+            clips = [(synthesizer.synthesize_all(text), rate) for text in guard.ASSISTANT_SENTENCES]
             guard.enroll_assistant(clips)
 
         threading.Thread(target=enroll_own_voice, name="voice-enroll", daemon=True).start()
@@ -211,7 +212,9 @@ def build_mic_chain(config: Config, file_mode: bool, tracker, recognizer):
     from .vad import SileroVAD
 
     echo, speech = config.echo, config.speech
-    room = SimulatedRoom(RoomConfig(delay_ms=echo.echo_delay_ms, gain_db=echo.echo_gain_db)) if echo.simulate_echo else None
+    room = None
+    if echo.simulate_echo:
+        room = SimulatedRoom(RoomConfig(delay_ms=echo.echo_delay_ms, gain_db=echo.echo_gain_db))
     return MicrophoneChain(
         SileroVAD.load(threads=1),
         tracker,

@@ -22,7 +22,8 @@ from .llm_client import LLAMACPP, OPENAI, LlamaClient
 log = logging.getLogger(__name__)
 
 
-def detect_api(url: str, requested: str = "auto", timeout_s: float = 2.0, api_key: str | None = None) -> tuple[str, str]:
+def detect_api(url: str, requested: str = "auto", timeout_s: float = 2.0,
+               api_key: str | None = None) -> tuple[str, str]:  # fmt: skip
     """(api, base URL) for a server URL: `requested` unless 'auto'; a path ending in /v1 is OpenAI's;
     otherwise llama-server answers /props; otherwise a server answering /v1/models is OpenAI's.
     A server that answers nothing yet is taken as llama-server (its URL has no /v1)."""

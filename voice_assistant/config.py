@@ -102,8 +102,9 @@ class LLMConfig:
                           "a URL ending in /v1 is openai, else probe /props", choices=("auto", "llamacpp", "openai"))
     llm_model_name: str | None = option(None, "the `model` field of OpenAI-style requests (default: the first of "
                                         "GET /v1/models)", metavar="NAME")
-    llm_fallback_url: tuple[str, ...] = option((), "a server to use when the ones before it are down (API detected "
-                                               "like --llm-url); back to the first as soon as it answers", metavar="URL")
+    llm_fallback_url: tuple[str, ...] = option(
+        (), "a server to use when the ones before it are down (API detected like --llm-url); back to the first as "
+        "soon as it answers", metavar="URL")
     llm_api_key_env: str | None = option(None, "environment variable holding the API key (default: LLAMA_API_KEY, "
                                          "then OPENAI_API_KEY); the key is never printed", metavar="NAME")
     allow_insecure_key: bool = option(False, "send the API key over plain http:// to a host that is not this machine")
@@ -279,7 +280,8 @@ def _spec_for(group: str, title: str, f: dataclasses.Field, hint: Any) -> Option
     elif typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, Ellipsis):
         kind, optional, repeated = str, False, True
     else:
-        raise TypeError(f"option {f.name!r} has type {hint!r}: use str, int, float, bool, str | None or tuple[str, ...]")
+        raise TypeError(f"option {f.name!r} has type {hint!r}: use str, int, float, bool, str | None or "
+                        "tuple[str, ...]")
     meta = f.metadata
     if "help" not in meta:
         raise TypeError(f"option {f.name!r} is not declared with option()")

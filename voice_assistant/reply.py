@@ -103,7 +103,8 @@ class ReplyStream:
                 if now - progress_t > options.stall_s:
                     self.completion.abort()  # a trickle each read-timeout apart, or thinking that never ends
                     raise LLMTooSlowError(
-                        f"nothing speakable for {options.stall_s:.0f} s ({self.stats.tokens} tokens so far); ending the reply"
+                        f"nothing speakable for {options.stall_s:.0f} s ({self.stats.tokens} tokens so far); "
+                        "ending the reply"
                     )
                 visible = think.feed(piece)
                 self.raw_text += visible

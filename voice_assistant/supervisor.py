@@ -102,7 +102,8 @@ class LLMSupervisor:
         """Switch to the first other backend that answers; False if none does (or there are none)."""
         current = self.chain.index
         for index, client in enumerate(self.chain.clients):
-            if (index == current and not include_active) or (index == 0 and self.server is not None and not self.server.alive()):
+            own_server_dead = index == 0 and self.server is not None and not self.server.alive()
+            if (index == current and not include_active) or own_server_dead:
                 continue
             if client.health(timeout_s=1.0)[0]:
                 self.chain.switch(index, reason)
