@@ -35,7 +35,7 @@ from voice_assistant.speech import SpeechWorker
 from voice_assistant.summarizer import HistorySummarizer
 from voice_assistant.text import clean_for_speech, words_in
 from voice_assistant.turns import (EndOfText, ReplyPlayed, Respond, Resume, SentenceItem, Turn, TurnCounter,
-                                   TurnTimings)  # fmt: skip
+                                   TurnTimings, WriteRecords)  # fmt: skip
 from voice_assistant.workers import QueueWorker
 
 log = logging.getLogger("voice_assistant.system")
@@ -107,7 +107,7 @@ class VoiceConversationSystem:
         self.replies = ReplyStreamer(client, ReplyOptions.from_config(config), prefill_hold=hold)
         self.speech = SpeechWorker(synthesizer, sink, self.turns, self._on_audio_ready)
         self.llm_worker = QueueWorker("llm", self._on_llm_item)
-        self.control_worker = QueueWorker("control", self._on_reply_played)
+        self.control_worker = QueueWorker("control", self._on_control_item)
         self.t0 = 0.0
         self._lock = threading.Lock()
         self._active: Turn | None = None  # the turn being answered; guarded by _lock
@@ -183,9 +183,10 @@ class VoiceConversationSystem:
         self.client.close()
         if self.mic is not None:
             self.mic.close(self.metrics)
+        self.metrics.flush()
         self.transcript.close()
         if self.server is not None:
-            self.server.stop(timeout_s=max(0.05, deadline - time.monotonic()))
+            self.server.close(timeout_s=max(0.05, deadline - time.monotonic()))
 
     def is_idle(self) -> bool:
         """Nothing heard, recognized, generated, synthesized or played is pending."""
@@ -198,6 +199,7 @@ class VoiceConversationSystem:
             and (self.recognizer is None or not self.recognizer.busy())
             and self.llm_worker.idle()
             and self.speech.worker.idle()
+            and self.control_worker.idle()
             and self.sink.queue.idle.is_set()
         )
 
@@ -386,6 +388,7 @@ class VoiceConversationSystem:
             record = barge_in_record(turn.turn_id, onset_t, decision_t, turn.timings.last_block_end_t,
                                      len(words_in(turn.heard_text())), self.t0)  # fmt: skip
         self.metrics.add_barge_in(record)
+        self.control_worker.put(WriteRecords(None))
         log.info("barge-in: turn %d stopped (detect %s ms, stop %s ms)", turn.turn_id,
                  record["barge_in_detect_ms"], record["barge_in_stop_ms"])  # fmt: skip
         return True
@@ -414,8 +417,8 @@ class VoiceConversationSystem:
             self.history.add(Exchange(turn.user_text, heard, interrupted))
         record = turn_record(turn, heard, interrupted, reason, self.t0, len(self.history))
         self.metrics.add(record)
-        self.transcript.write({"turn": turn.turn_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "user": turn.user_text, "assistant": heard, "interrupted": interrupted})  # fmt: skip
+        self.control_worker.put(WriteRecords({"turn": turn.turn_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                              "user": turn.user_text, "assistant": heard, "interrupted": interrupted}))
         if heard or not interrupted:
             chat_log.info("Assistant: %s%s", heard, " [interrupted]" if interrupted else "")
         log.info(format_turn(record))
@@ -554,8 +557,13 @@ class VoiceConversationSystem:
             turn.heard_index, turn.heard_progress = item.sentence_index, item.sentence_progress
             turn.timings.last_block_end_t = self._last_play_end_t = end_t
 
-    def _on_reply_played(self, item: ReplyPlayed) -> None:
-        """control thread: a reply has played to its end; record it, then maybe summarize history."""
+    def _on_control_item(self, item: ReplyPlayed | WriteRecords) -> None:
+        """control thread: write records to disk, or finish a reply that has played to its end."""
+        if isinstance(item, WriteRecords):
+            if item.transcript is not None:
+                self.transcript.write(item.transcript)
+            self.metrics.flush()
+            return
         with self._lock:
             turn = self._active
             if turn is None or turn.turn_id != item.turn_id:

@@ -91,12 +91,13 @@ class Harness:
 
     def __init__(self, llm_url: str, *, transcripts: tuple[str, ...] | None = None, mic: bool = False,
                  defense=None, supervisor: dict | None = None, read_timeout_s: float = 5.0, api: str = "llamacpp",
-                 fallbacks: tuple[str, ...] = (), **config) -> None:  # fmt: skip
+                 api_key: str | None = None, fallbacks: tuple[str, ...] = (), transcript=None, metrics=None,
+                 **config) -> None:  # fmt: skip
         config.setdefault("first_clause_min_words", 0)
         self.config = make_config(**config)
         self.sink = FakeAudioSink()
         self.synth = FakeSynthesizer()
-        clients = [LlamaClient(llm_url, read_timeout_s=read_timeout_s, api=api)]
+        clients = [LlamaClient(llm_url, read_timeout_s=read_timeout_s, api=api, api_key=api_key)]
         clients += [LlamaClient(base, read_timeout_s=read_timeout_s, api=kind) for kind, base in map(detect_api, fallbacks)]
         self.client = BackendChain(clients) if fallbacks else clients[0]
         self.transcriber = None
@@ -111,7 +112,8 @@ class Harness:
         if supervisor is not None:
             self.supervisor = LLMSupervisor(self.client, supervisor.pop("server", None), poll_s=0.05, **supervisor)
         self.system = VoiceConversationSystem(self.config, self.client, self.synth, self.sink, mic=chain,
-                                              speculation=speculation, defense=defense, supervisor=self.supervisor)  # fmt: skip
+                                              speculation=speculation, defense=defense, supervisor=self.supervisor,
+                                              transcript=transcript, metrics=metrics)  # fmt: skip
         self.system.start()
 
     def blocks_of(self, turn_id: int) -> list[AudioBlock]:

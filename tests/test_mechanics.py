@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import wait_until
 from fake_llama_server import FakeLlamaServer
 from fakes import FakeAudioSink, FakeSynthesizer
 from voice_assistant.errors import LLMReadTimeout
@@ -135,4 +136,25 @@ def test_a_hang_is_restarted_on_the_monitor_thread_never_on_the_reporting_one(ca
             stopping.set()
             supervisor.stop()
             monitor.join(5.0)
+            client.close()
+
+
+def test_no_restart_after_the_supervisor_is_stopped(caplog):
+    caplog.set_level(logging.WARNING)
+    with FakeLlamaServer() as fake:
+        client = LlamaClient(fake.url)
+        process = FakeServerProcess(fake.url)
+        process.running = False  # it died
+        supervisor = LLMSupervisor(client, process, poll_s=0.05)
+        stopping = threading.Event()
+        monitor = threading.Thread(target=supervisor.run, args=(stopping,), name="llm-monitor")
+        monitor.start()
+        try:
+            wait_until(lambda: "restarting it in 0.5 s" in caplog.text)  # the monitor is in its backoff
+            stopping.set()
+            supervisor.stop()  # close() while the restart waits
+            monitor.join(5.0)
+            assert not monitor.is_alive()
+            assert process.started_on == []  # never started after stop()
+        finally:
             client.close()

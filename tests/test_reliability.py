@@ -146,7 +146,7 @@ def real_server(tmp_path):
 
 
 def real_harness(real_server, read_timeout_s: float = 2.0, **config):
-    return Harness(real_server.url, read_timeout_s=read_timeout_s, **config)
+    return Harness(real_server.url, read_timeout_s=read_timeout_s, api_key=real_server.api_key, **config)
 
 
 @pytest.mark.slow
@@ -287,3 +287,119 @@ def test_history_that_outgrows_the_context_is_shortened(real_server):
         assert len(h.system.history.exchanges()) == 3  # the last two old ones, and this one
     finally:
         h.close()
+
+
+# ---------------------------------------------------------------------- files, proxies, hostile streams
+
+
+def test_a_full_disk_loses_no_answer(tmp_path, caplog):
+    """The transcript on a full disk (/dev/full: every write fails with ENOSPC) and the metrics in a
+    folder that disappears: each costs one line, every question is still answered."""
+    from voice_assistant.metrics import MetricsFile, TranscriptFile
+
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    metrics = MetricsFile(folder / "metrics.json")
+    with FakeLlamaServer() as server:
+        h = Harness(server.url, transcript=TranscriptFile("/dev/full"), metrics=metrics)
+        try:
+            server.script(Reply(pieces=["One."]), Reply(pieces=["Two."]), Reply(pieces=["Three."]))
+            assert h.answer("first") == "One."
+            assert (folder / "metrics.json").exists()
+            folder.joinpath("metrics.json").unlink()
+            folder.rmdir()
+            assert h.answer("second") == "Two."
+            assert h.answer("third") == "Three."
+        finally:
+            h.close()
+    assert [e.user for e in h.system.history.exchanges()] == ["first", "second", "third"]
+    assert len(metrics.turns) == 3  # still recorded in memory
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len([e for e in errors if "cannot write the transcript /dev/full" in e]) == 1, errors
+    assert len([e for e in errors if "cannot write the metrics file" in e]) == 1, errors
+    assert "Traceback" not in caplog.text
+
+
+def test_metrics_file_is_private_and_written_whole(tmp_path):
+    import json
+    import os
+
+    from voice_assistant.metrics import MetricsFile
+
+    os.umask(0o022)
+    path = tmp_path / "m.json"
+    metrics = MetricsFile(path)
+    metrics.add({"turn": 1, "user": "my secret question"})
+    metrics.flush()
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert json.loads(path.read_text())["turns"][0]["user"] == "my secret question"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # no temporary file left behind
+
+
+def test_loopback_requests_ignore_a_proxy(monkeypatch):
+    from voice_assistant.llm_client import LlamaClient
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a proxy that does not exist
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    with FakeLlamaServer() as server:
+        client = LlamaClient(server.url, use_raw_stream=False)
+        try:
+            assert client.health(timeout_s=2.0) == (True, "HTTP 200")
+            assert "".join(client.stream({"prompt": "x"})) == "Hello world."
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "lines"])
+def test_hostile_events_become_protocol_errors(raw):
+    from voice_assistant.errors import LLMProtocolError
+    from voice_assistant.llm_client import LlamaClient
+
+    nested = b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n\n"
+    with FakeLlamaServer() as server:
+        client = LlamaClient(server.url, use_raw_stream=raw)
+        try:
+            server.script(Reply(pieces=["a", "b"], malformed_at=1, malformed_line=nested))
+            with pytest.raises(LLMProtocolError):
+                list(client.stream({"prompt": "x"}))
+        finally:
+            client.close()
+
+
+def test_a_tls_server_with_a_bad_certificate_is_a_connection_error(tmp_path):
+    import shutil
+    import socket
+    import ssl
+    import subprocess
+
+    from voice_assistant.errors import LLMConnectionError
+    from voice_assistant.llm_client import LlamaClient
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make the test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=evil",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                context.wrap_socket(conn, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                pass  # the client refuses our certificate: exactly what is tested
+
+    server = threading.Thread(target=serve, name="tls-server")
+    server.start()
+    client = LlamaClient(f"https://127.0.0.1:{port}")
+    try:
+        with pytest.raises(LLMConnectionError, match="securely"):
+            list(client.stream({"prompt": "x"}))
+    finally:
+        client.close()
+        server.join(5)
+        listener.close()

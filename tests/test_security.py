@@ -77,3 +77,45 @@ def test_api_key_is_sent_but_never_printed(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert headers and all(h.get("Authorization") == f"Bearer {secret}" for h in headers)
     assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_servers_we_start_answer_only_us_and_die_with_us(tmp_path):
+    """SIGKILL of the program (no chance to clean up) still ends its llama-server, and that server
+    refuses a request without this run's key (any local user could otherwise read the prompts)."""
+    import signal
+    import time
+
+    import httpx
+
+    wav = tmp_path / "in.wav"
+    soundfile.write(str(wav), np.zeros(16000 * 60, dtype=np.float32), 16000)  # a minute of silence
+    program = subprocess.Popen(
+        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--input-wav", str(wav), "--output-wav", str(tmp_path / "o.wav"),
+         "--server-log", str(tmp_path / "server.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        for line in program.stdout:
+            if "listening" in line:
+                break
+        servers = [p for p in psutil.Process(program.pid).children() if "llama-server" in p.name()]
+        assert len(servers) == 1
+        server = servers[0]
+        port = server.cmdline()[server.cmdline().index("--port") + 1]
+        assert "LLAMA_API_KEY" not in " ".join(server.cmdline())  # the key is not on the command line
+        assert os.getpgid(server.pid) != os.getpgid(program.pid)  # a terminal's Ctrl-C reaches us first
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.post(url + "/completion", json={"prompt": "hi", "n_predict": 1}, trust_env=False).status_code == 401
+        assert httpx.get(url + "/props", trust_env=False).status_code == 401
+        program.send_signal(signal.SIGKILL)
+        program.wait(timeout=5)
+        deadline = time.monotonic() + 5.0
+        while server.is_running() and server.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "llama-server outlived its SIGKILLed parent"
+            time.sleep(0.05)  # polling another process's exit: nothing to wait on
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait()
+        program.stdout.close()

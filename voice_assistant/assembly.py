@@ -47,7 +47,7 @@ def divert_native_stderr(path: Path) -> None:
     sys.stderr = os.fdopen(terminal, "w", buffering=1, errors="backslashreplace")
 
 
-def make_client(config: Config, url: str, own_server: bool = False):
+def make_client(config: Config, url: str, server=None):
     """A client for the server at `url`, its API detected (or as --llm-api says), with its API key.
 
     SetupError if the key would go over plain http to another machine, or a named key is unset."""
@@ -55,10 +55,12 @@ def make_client(config: Config, url: str, own_server: bool = False):
     from .llm_client import LlamaClient, api_key_from_env
 
     llm = config.llm
-    key = None if own_server else api_key_from_env(llm.llm_api_key_env)
-    if not own_server:
+    if server is not None:  # our child: its own key for this run
+        key = server.api_key
+    else:
+        key = api_key_from_env(llm.llm_api_key_env)
         check_key_transport(url, key, llm.allow_insecure_key)
-    requested = "llamacpp" if own_server and llm.llm_api == "auto" else llm.llm_api
+    requested = "llamacpp" if server is not None and llm.llm_api == "auto" else llm.llm_api
     api, base = detect_api(url, requested, api_key=key)
     return LlamaClient(base, use_raw_stream=llm.use_raw_stream, use_http2=llm.use_http2, api=api,
                        read_timeout_s=llm.llm_timeout_s, model_name=llm.llm_model_name, api_key=key)  # fmt: skip
@@ -109,11 +111,11 @@ def start_llm(config: Config, keep_listening: bool = False):
     try:
         if server is not None:
             url = server.start()
-        chain = BackendChain([make_client(config, url, own_server=server is not None)]
+        chain = BackendChain([make_client(config, url, server)]
                              + [make_client(config, fallback) for fallback in llm.llm_fallback_url])  # fmt: skip
     except BaseException:
         if server is not None:
-            server.stop()
+            server.close()
         raise
     primary = chain.clients[0]
     ready, detail = primary.health()
@@ -143,7 +145,7 @@ def start_llm(config: Config, keep_listening: bool = False):
     except (SetupError, LLMError) as exc:
         chain.close()
         if server is not None:
-            server.stop()
+            server.close()
         if isinstance(exc, LLMError):
             raise SetupError(f"{chain.active.describe()}: {exc}") from None
         raise
@@ -286,7 +288,7 @@ def build_components(config: Config) -> dict:
     except BaseException:
         client.close()
         if server is not None:
-            server.stop()
+            server.close()
         raise
     return dict(
         client=client, synthesizer=synthesizer, sink=sink, source=source, mic=mic, recognizer=recognizer,

@@ -9,7 +9,6 @@ one status line per switch. `detect_api()` tells llama-server's API from OpenAI'
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from urllib.parse import urlsplit
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .errors import SetupError
-from .llm_client import LLAMACPP, OPENAI, LlamaClient
+from .llm_client import LLAMACPP, OPENAI, LlamaClient, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def detect_api(url: str, requested: str = "auto", timeout_s: float = 2.0,
         return OPENAI, base
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with httpx.Client(timeout=timeout_s, headers=headers, trust_env=False) as http:
+        with httpx.Client(timeout=timeout_s, headers=headers, trust_env=not is_loopback(base)) as http:
             if http.get(base + "/props").status_code == 200:
                 return LLAMACPP, base
             if http.get(base + "/v1/models").status_code == 200:
@@ -44,16 +43,6 @@ def detect_api(url: str, requested: str = "auto", timeout_s: float = 2.0,
     except httpx.HTTPError:
         pass
     return LLAMACPP, base
-
-
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_key_transport(url: str, api_key: str | None, allow_insecure: bool) -> None:

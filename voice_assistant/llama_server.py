@@ -1,11 +1,24 @@
-"""Starts and stops a llama-server child process bound to 127.0.0.1 on a free port."""
+"""Starts and stops a llama-server child process bound to 127.0.0.1 on a free port.
+
+The child is ours alone and dies with us:
+- it gets a random API key per run, through its environment (`LLAMA_API_KEY`, which llama-server
+  reads like `--api-key`; argv would show it in `ps`), and every request carries it; once /health
+  answers, an unauthenticated `/props` must get 401 and an authenticated one 200, so a process that
+  took the port between `free_port()` and the bind is never mistaken for our server;
+- it runs in its own process group (a terminal's Ctrl-C reaches the program, which stops it), with
+  a parent-death signal (`setpriv --pdeathsig SIGTERM`), so a SIGKILLed or OOM-killed program does
+  not leave the model in memory.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +56,10 @@ class LlamaServerProcess:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.port = 0
+        self.api_key = secrets.token_urlsafe(24)  # this run's key; never logged
         self._process: subprocess.Popen | None = None
         self._log_file = None
+        self._closed = threading.Event()  # close(): no start() may launch a child any more
 
     @property
     def url(self) -> str:
@@ -60,9 +75,16 @@ class LlamaServerProcess:
             "--no-webui",
         ]  # fmt: skip
 
+    def launcher(self) -> list[str]:
+        """What runs the command: `setpriv` gives the child a parent-death signal where it exists."""
+        setpriv = shutil.which("setpriv")
+        return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
+
     def start(self) -> str:
         """Launch, wait for readiness, return the base URL. SetupError if it cannot start."""
         c = self.config
+        if self._closed.is_set():
+            raise SetupError("llama-server is shutting down; not starting it again")
         if not os.access(c.binary, os.X_OK):
             raise SetupError(f"llama-server binary not found or not executable: {c.binary}")
         self.port = free_port()
@@ -70,12 +92,17 @@ class LlamaServerProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(log_path, "ab")
         log.info("starting llama-server: %s (log: %s)", " ".join(self.command()), log_path)
+        env = {**os.environ, "LLAMA_API_KEY": self.api_key}
         self._process = subprocess.Popen(
-            self.command(), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+            self.launcher() + self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=env, process_group=0,
+        )  # fmt: skip
         deadline = time.monotonic() + c.startup_timeout_s
-        with httpx.Client(timeout=1.0) as client:
+        with httpx.Client(timeout=1.0, trust_env=False) as client:
             while True:
+                if self._closed.is_set():
+                    self.stop()
+                    raise SetupError("llama-server is shutting down; not starting it again")
                 code = self._process.poll()
                 if code is not None:
                     self.stop()
@@ -85,6 +112,7 @@ class LlamaServerProcess:
                     )
                 try:
                     if client.get(self.url + "/health").status_code == 200:
+                        self._check_it_is_ours(client)
                         return self.url
                 except httpx.HTTPError:
                     pass
@@ -92,6 +120,22 @@ class LlamaServerProcess:
                     self.stop()
                     raise SetupError(f"llama-server not ready after {c.startup_timeout_s:.0f} s; see {log_path}")
                 time.sleep(0.02)  # polling a child we do not control: no event to wait on
+
+    def _check_it_is_ours(self, client: httpx.Client) -> None:
+        """What answers on our port must be our child: it refuses requests without this run's key."""
+        anonymous = client.get(self.url + "/props").status_code
+        keyed = client.get(self.url + "/props", headers={"Authorization": f"Bearer {self.api_key}"}).status_code
+        if anonymous != 401 or keyed != 200:
+            self.stop()
+            raise SetupError(
+                f"the server on 127.0.0.1:{self.port} is not the llama-server we started (without our key it "
+                f"answered HTTP {anonymous}, with it HTTP {keyed}); try again"
+            )
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop the child for good: a restart in progress or later does not start another."""
+        self._closed.set()
+        self.stop(timeout_s)
 
     @property
     def pid(self) -> int | None:

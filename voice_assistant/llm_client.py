@@ -11,6 +11,7 @@ Both raise only `LLMError` subclasses. A stream cancelled by `abort()` ends quie
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -60,6 +61,17 @@ def chatml(messages: list[dict]) -> str:
     return "".join(parts) + "<|im_start|>assistant\n"
 
 
+def is_loopback(url: str) -> bool:
+    """The URL's host is this machine (localhost or a loopback address)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def api_key_from_env(name: str | None = None) -> str | None:
     """The API key in environment variable `name`, or in the first of API_KEY_ENVS that is set."""
     for env in (name,) if name else API_KEY_ENVS:
@@ -103,6 +115,7 @@ class LlamaClient:
             http2=use_http2,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
             headers=self._auth_headers(),
+            trust_env=not is_loopback(self.base_url),  # HTTP(S)_PROXY must not take requests to this machine
         )
         self._template_supported = True
 
@@ -225,7 +238,7 @@ class CompletionStream:
             return content, stop
         try:
             event = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: hostile, deeply nested JSON
             raise LLMProtocolError(f"llama-server sent a non-JSON event: {payload[:80]!r}") from None
         if not isinstance(event, dict):
             raise LLMProtocolError(f"llama-server sent an unexpected event: {payload[:80]!r}")
@@ -242,7 +255,8 @@ class CompletionStream:
                 self.stats.first_token_t = now
         stop = bool(event.get("stop"))
         if stop:
-            self.stats.server_timings = event.get("timings") or {}
+            timings = event.get("timings")
+            self.stats.server_timings = timings if isinstance(timings, dict) else {}
             self.stats.stop_type = str(event.get("stop_type", ""))
         return content, stop
 
@@ -317,10 +331,14 @@ class RawCompletionStream(CompletionStream):
             sock = socket.create_connection((parts.hostname, port), timeout=self.client.connect_timeout_s)
         except OSError as exc:
             raise LLMConnectionError(f"cannot connect to llama-server at {self.client.base_url}: {exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if parts.scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
-        sock.settimeout(self.client.read_timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if parts.scheme == "https":
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
+            sock.settimeout(self.client.read_timeout_s)
+        except OSError as exc:  # ssl.SSLError included: a bad certificate, a failed handshake
+            sock.close()
+            raise LLMConnectionError(f"cannot talk to {self.client.base_url} securely: {exc}") from None
         return sock
 
     def _request_bytes(self) -> bytes:

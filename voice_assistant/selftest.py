@@ -75,7 +75,7 @@ def run_self_test(config: Config) -> int:
         finally:
             client.close()
             if server is not None:
-                server.stop()
+                server.close()
 
     def devices(kind):
         def probe():

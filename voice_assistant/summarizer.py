@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from .errors import LLMError
 from .history import History, summary_prompt_messages
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ class HistorySummarizer:
             )
             self._stream = stream
             summary = "".join(stream).strip()
-        except LLMError as exc:
+        except Exception as exc:  # LLMError, or anything unconverted: the thread must not die silently
             log.warning("history summary failed (%s); dropping the oldest turns instead", exc)
             self.history.drop_oldest(count)
             return

@@ -48,6 +48,7 @@ class LLMSupervisor:
         self._lock = threading.Lock()
         self._restart_lock = threading.Lock()  # one restart at a time
         self._wake = threading.Event()  # a failure was reported, or the supervisor is stopping
+        self._stopped = threading.Event()  # stop(): never start a server again
         self._settled = threading.Event()  # no reported failure is waiting to be checked
         self._settled.set()
         self._reported: LLMError | None = None  # guarded by _lock
@@ -166,7 +167,8 @@ class LLMSupervisor:
         self._settled.set()  # nobody waits on a stopped monitor
 
     def stop(self) -> None:
-        """Wake the monitor so that it sees `stopping` at once."""
+        """No restart from now on; wake the monitor so that it sees `stopping` at once."""
+        self._stopped.set()
         self._wake.set()
 
     def mark_down(self, message: str = "") -> None:
@@ -212,12 +214,14 @@ class LLMSupervisor:
             return
         delay = min(0.5 * 2 ** (attempt - 1), self.max_backoff_s)
         log.warning("%s; restarting it in %.1f s (attempt %d of %d)", reason, delay, attempt, self.max_restarts)
-        time.sleep(delay)  # backoff before a restart: nothing to wait on but time
+        if self._stopped.wait(delay):  # backoff before a restart, cut short by stop()
+            return
         self.server.stop()
         try:
             url = self.server.start()
         except SetupError as exc:
-            log.error("restarting llama-server failed: %s", exc)
+            if not self._stopped.is_set():
+                log.error("restarting llama-server failed: %s", exc)
             return
         self.client.base_url = url + ("/v1" if self.client.api == OPENAI else "")
         with self._lock:

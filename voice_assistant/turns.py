@@ -123,6 +123,14 @@ class ReplyPlayed:
 
 
 @dataclass(frozen=True)
+class WriteRecords:
+    """Control-thread work: append `transcript` (one finished turn; None: nothing) and flush the
+    metrics, off the audio thread that may have committed the turn."""
+
+    transcript: dict | None
+
+
+@dataclass(frozen=True)
 class SentenceItem:
     """A chunk of reply text for the TTS thread."""
 
