@@ -403,3 +403,31 @@ def test_a_tls_server_with_a_bad_certificate_is_a_connection_error(tmp_path):
         client.close()
         server.join(5)
         listener.close()
+
+
+def test_a_chunk_that_fails_does_not_leave_the_assistant_deaf(tmp_path, caplog):
+    import numpy as np
+    import soundfile
+
+    from voice_assistant.audio_io import WavFileSource
+
+    path = tmp_path / "in.wav"
+    soundfile.write(str(path), np.zeros(512 * 10, dtype=np.float32), 16000)
+    source = WavFileSource(path)
+    delivered = []
+    done = threading.Event()
+
+    def consumer(chunk, end_t):
+        delivered.append(end_t)
+        if len(delivered) == 3:
+            raise OSError(28, "No space left on device")  # e.g. a disk write met on the audio thread
+        if len(delivered) == 12:
+            done.set()
+
+    source.start(consumer, time.monotonic() - 10.0)  # t0 in the past: no real-time pacing
+    try:
+        assert done.wait(5.0), f"only {len(delivered)} chunks delivered"
+    finally:
+        source.close()
+    failures = [r for r in caplog.records if "handling an audio chunk failed" in r.getMessage()]
+    assert len(failures) == 1 and "No space left" in caplog.text

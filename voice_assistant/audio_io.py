@@ -309,6 +309,24 @@ class AudioSource:
         raise NotImplementedError
 
 
+class ChunkDelivery:
+    """Hands chunks to the consumer; a chunk that makes it raise is logged and the next one delivered,
+    so one bad chunk (or a full disk met on the audio thread) never leaves the assistant deaf."""
+
+    def __init__(self, consumer: AudioConsumer, name: str) -> None:
+        self.consumer = consumer
+        self.name = name
+        self.failures = 0
+
+    def __call__(self, chunk: np.ndarray, end_t: float) -> None:
+        try:
+            self.consumer(chunk, end_t)
+        except Exception:  # a worker loop logs and takes the next chunk
+            self.failures += 1
+            if self.failures == 1 or self.failures % 100 == 0:
+                log.exception("%s: handling an audio chunk failed (%d so far); listening on", self.name, self.failures)
+
+
 class WavFileSource(AudioSource):
     """A WAV played as the microphone, in real time; then silence, as a quiet room would give."""
 
@@ -325,6 +343,7 @@ class WavFileSource(AudioSource):
         self._thread.start()
 
     def _run(self, consumer: AudioConsumer, t0: float) -> None:
+        consumer = ChunkDelivery(consumer, "wav-source")
         silence = np.zeros(INPUT_CHUNK_SAMPLES, dtype=np.float32)
         k = 0
         while not self._stop.is_set():
@@ -422,6 +441,7 @@ class MicrophoneSource(AudioSource):
             self.dropped_chunks += 1
 
     def _run(self, consumer: AudioConsumer) -> None:
+        consumer = ChunkDelivery(consumer, "audio-in")
         while not self._stop.is_set():
             try:
                 chunk, captured_t = self._queue.get(timeout=0.1)
