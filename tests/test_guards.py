@@ -284,3 +284,55 @@ def test_own_voice_guard_needs_an_enrollment():
         guard.is_own_voice(np.zeros(32000, np.float32), 16000)
     with pytest.raises(RuntimeError):
         guard.is_enrolled_user(np.zeros(32000, np.float32), 16000)
+
+
+# ---------------------------------------------------------------------- speaker lock fails closed
+
+
+class DirectionEncoder:
+    """A stand-in speaker encoder: the embedding is the clip's first 4 samples, normalized."""
+
+    model_id = "test-encoder-1"
+
+    def embed(self, audio, rate_hz):
+        vector = np.asarray(audio[:4], dtype=np.float32)
+        return vector / np.linalg.norm(vector)
+
+
+def locked_defense(model_id: str = "test-encoder-1"):
+    from datetime import datetime, timezone
+
+    import voiceprint
+
+    from voice_assistant.defense import SelfSpeechDefense
+
+    guard = OwnVoiceGuard(encoder=DirectionEncoder())
+    user = voiceprint.Enrollment("amy", np.array([1, 0, 0, 0], dtype=np.float32), 1, 3.0,
+                                 datetime.now(timezone.utc), model_id)  # fmt: skip
+    guard.set_user(user)  # no assistant enrollment yet: its thread has not finished (or failed)
+    return SelfSpeechDefense(own_voice=guard, speaker_lock=True)
+
+
+def clip(*direction: float, seconds: float = 2.0) -> np.ndarray:
+    audio = np.zeros(int(16000 * seconds), dtype=np.float32)
+    audio[:4] = direction
+    return audio
+
+
+def test_speaker_lock_refuses_what_it_cannot_verify():
+    defense = locked_defense()
+    assert defense.rejects("hello", 0.0, 1.0, clip(1, 0, 0, 0), recently_played=False) == ""  # the user
+    assert "not the enrolled speaker" in defense.rejects("hello", 0.0, 1.0, clip(0, 1, 0, 0), recently_played=False)
+    assert "cannot be verified" in defense.rejects("hi", 0.0, 1.0, clip(1, 0, 0, 0, seconds=0.5), recently_played=False)
+    assert "cannot be verified" in defense.rejects("hi", 0.0, 1.0, None, recently_played=False)
+    from voice_assistant.defense import SelfSpeechDefense
+
+    assert "cannot be verified" in SelfSpeechDefense(speaker_lock=True).rejects("hi", 0.0, 1.0, clip(1, 0, 0, 0), False)
+
+
+def test_speaker_lock_with_an_enrollment_from_another_encoder_is_refused_at_start():
+    import voiceprint
+
+    locked_defense().own_voice.load_for_speaker_lock()  # same encoder: fine
+    with pytest.raises(voiceprint.VoiceprintError, match="enroll again"):
+        locked_defense(model_id="some-other-encoder").own_voice.load_for_speaker_lock()

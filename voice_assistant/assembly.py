@@ -189,8 +189,14 @@ def build_defense(config: Config, synthesizer, speaker=None):
         threading.Thread(target=enroll_own_voice, name="voice-enroll", daemon=True).start()
         defense.own_voice = guard
     if speaker is not None:
+        import voiceprint
+
         defense.own_voice.set_user(speaker)
         defense.speaker_lock = True
+        try:
+            defense.own_voice.load_for_speaker_lock()  # a lock that cannot work is a start-up error
+        except (voiceprint.VoiceprintError, OSError) as exc:
+            raise SetupError(f"--speaker-lock: {exc}") from None
     return defense
 
 

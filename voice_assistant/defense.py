@@ -35,14 +35,16 @@ class SelfSpeechDefense:
             if match.is_echo:
                 return f"echo of the assistant ({match.coverage:.0%} of its words)"
         own = self.own_voice
-        if own is not None and audio is not None and getattr(own, "assistant", None) is not None:
-            if recently_played or self.speaker_lock:
-                check = own.is_own_voice(audio, INPUT_RATE_HZ)
-                if check.is_own and recently_played:
-                    return f"the assistant's own voice (score {check.own_score:.2f})"
-                if self.speaker_lock and own.user is not None and check.user_score is not None:
-                    if check.user_score < own.config.user_threshold:
-                        return f"not the enrolled speaker (score {check.user_score:.2f})"
+        if self.speaker_lock:  # fails closed: what cannot be verified is not answered
+            score = None if audio is None or own is None else own.user_score(audio, INPUT_RATE_HZ)
+            if score is None:
+                return "the speaker cannot be verified (too little speech)"
+            if score < own.config.user_threshold:
+                return f"not the enrolled speaker (score {score:.2f})"
+        if own is not None and audio is not None and getattr(own, "assistant", None) is not None and recently_played:
+            check = own.is_own_voice(audio, INPUT_RATE_HZ)
+            if check.is_own:
+                return f"the assistant's own voice (score {check.own_score:.2f})"
         return ""
 
     def note_block(self, turn, block, play_t: float, end_t: float) -> None:

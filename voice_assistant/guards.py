@@ -431,6 +431,24 @@ class OwnVoiceGuard:
         is_own = own > user + self.config.margin and own >= self.config.own_floor_with_user
         return VoiceCheck(is_own, own, user)
 
+    def user_score(self, audio: np.ndarray, rate_hz: int) -> float | None:
+        """spec-asr/asr thread, for --speaker-lock: the utterance's score against the enrolled user
+        alone (no assistant enrollment needed); None when it cannot be judged (under `min_audio_s`)."""
+        if self.user is None:
+            raise RuntimeError("OwnVoiceGuard: no user enrollment for the speaker lock")
+        vector = self._embed(audio, rate_hz)
+        return None if vector is None else self.user.score(vector)
+
+    def load_for_speaker_lock(self) -> None:
+        """Start-up: load the encoder now and check the user's enrollment was made by it; raises
+        voiceprint.VoiceprintError (or OSError) when the lock could not work."""
+        encoder = self._get_encoder()
+        if self.user is not None and self.user.model_id != encoder.model_id:
+            raise voiceprint.VoiceprintError(
+                f"the enrollment was made with {self.user.model_id!r}, not this encoder ({encoder.model_id!r}): "
+                "enroll again"
+            )
+
     def is_enrolled_user(self, audio: np.ndarray, rate_hz: int) -> bool | None:
         """spec-asr/asr thread, for --speaker-lock: is this the enrolled user? None: undecided (short clip)."""
         if self.user is None:
