@@ -57,7 +57,7 @@ def test_defaults_match_the_previous_argparse_defaults():
         "temperature": 0.6, "keep_recent_turns": 4, "min_utterance_ms": 250, "vad_threshold": 0.5,
         # other servers (issue 12)
         "llm_api": "auto", "llm_model_name": None, "llm_fallback_url": (), "llm_api_key_env": None,
-        "allow_insecure_key": False,
+        "allow_insecure_key": False, "llm_reply_limit_s": 120,
     }  # fmt: skip
     assert Config().flat() == expected
     config, actions = parse_command_line([])

@@ -126,6 +126,7 @@ def test_a_hang_is_restarted_on_the_monitor_thread_never_on_the_reporting_one(ca
         monitor = threading.Thread(target=supervisor.run, args=(stopping,), name="llm-monitor")
         monitor.start()
         try:
+            fake.health_status = 503  # a hung server does not answer /health either
             started = time.monotonic()
             supervisor.report_failure(LLMReadTimeout("reading from llama-server timed out"))
             assert time.monotonic() - started < 0.05  # the reporting (LLM) thread does not wait
@@ -157,4 +158,27 @@ def test_no_restart_after_the_supervisor_is_stopped(caplog):
             assert not monitor.is_alive()
             assert process.started_on == []  # never started after stop()
         finally:
+            client.close()
+
+
+def test_a_slow_prompt_is_not_taken_for_a_hang(caplog):
+    """A read timeout from a server that still answers /health (a big model reading a long prompt)
+    costs the turn, not a restart that would throw the server's work away."""
+    caplog.set_level(logging.WARNING)
+    with FakeLlamaServer() as fake:
+        client = LlamaClient(fake.url)
+        process = FakeServerProcess(fake.url)
+        supervisor = LLMSupervisor(client, process, poll_s=0.05)
+        stopping = threading.Event()
+        monitor = threading.Thread(target=supervisor.run, args=(stopping,), name="llm-monitor")
+        monitor.start()
+        try:
+            supervisor.report_failure(LLMReadTimeout("reading from llama-server timed out"))
+            assert supervisor.wait_settled(10.0)
+            assert process.started_on == [] and supervisor.restart_count == 0
+            assert "slow, not hung" in caplog.text
+        finally:
+            stopping.set()
+            supervisor.stop()
+            monitor.join(5.0)
             client.close()

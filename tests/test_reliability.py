@@ -431,3 +431,40 @@ def test_a_chunk_that_fails_does_not_leave_the_assistant_deaf(tmp_path, caplog):
         source.close()
     failures = [r for r in caplog.records if "handling an audio chunk failed" in r.getMessage()]
     assert len(failures) == 1 and "No space left" in caplog.text
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "lines"])
+def test_events_without_text_do_not_keep_a_turn_alive(raw):
+    """A server that keeps the connection busy with empty events (or SSE comments) but never sends a
+    token: the first-token deadline ends the turn as too slow, and the server sees the hang-up."""
+    from voice_assistant.errors import LLMProtocolError, LLMTooSlowError
+    from voice_assistant.llm_client import LlamaClient, StreamLimits
+
+    with FakeLlamaServer() as server:
+        client = LlamaClient(server.url, use_raw_stream=raw, read_timeout_s=5.0)
+        try:
+            server.script(Reply(pieces=[], endless=True, endless_piece="", interval_s=0.05))
+            started = time.monotonic()
+            with pytest.raises(LLMTooSlowError, match="no reply text after 1 s"):
+                list(client.stream({"prompt": "x"}, StreamLimits(first_token_s=1.0)))
+            assert 1.0 <= time.monotonic() - started < 3.0
+            assert server.wait_for_hangup()
+            server.script(Reply(pieces=["a"], endless=True, interval_s=0.01))
+            with pytest.raises(LLMTooSlowError, match="still streaming after 1 s"):
+                list(client.stream({"prompt": "x"}, StreamLimits(total_s=1.0)))
+            server.script(Reply(pieces=["x" * 1000], endless=True, endless_piece="y" * 1000, interval_s=0.001))
+            with pytest.raises(LLMProtocolError, match="more than 100000 bytes"):
+                list(client.stream({"prompt": "x"}, StreamLimits(max_bytes=100_000)))
+        finally:
+            client.close()
+
+
+def test_a_turn_without_tokens_ends_with_the_too_slow_apology():
+    with FakeLlamaServer() as server:
+        h = Harness(server.url, llm_timeout_s=1)
+        try:
+            server.script(Reply(pieces=[], endless=True, endless_piece="", interval_s=0.05), Reply(pieces=["Fine."]))
+            assert h.answer("hello?") == LLM_SLOW_REPLY
+            assert h.answer("again") == "Fine."
+        finally:
+            h.close()

@@ -93,8 +93,8 @@ class BackendChain:
     def apply_template(self, messages: list[dict]):
         return self.active.apply_template(messages)
 
-    def stream(self, payload: dict):
-        return self.active.stream(payload)
+    def stream(self, payload: dict, limits=None):
+        return self.active.stream(payload, limits)
 
     def continue_prompt(self, prompt, said: str):
         return self.active.continue_prompt(prompt, said)

@@ -116,9 +116,12 @@ class LLMConfig:
     llm_batch_threads: int = option(2, "llama-server prompt-processing threads (-tb)", min=1)
     llm_wait_s: int = option(5, "seconds to wait at start for an --llm-url server that is not up yet; then live mode "
                                 "keeps polling it, file mode and --test exit with an error", min=0, metavar="S")
-    llm_timeout_s: int = option(20, "seconds a reply stream may stay silent before the server counts as hung; once "
-                                    "a reply has begun, seconds without a new sentence before it ends as too slow",
-                                min=1, metavar="S")
+    llm_timeout_s: int = option(20, "seconds to wait for a reply's first token, and that a stream may stay silent "
+                                    "(a silent server that does not answer /health either is hung and restarted); "
+                                    "once a reply has begun, seconds without a new sentence before it ends as too "
+                                    "slow", min=1, metavar="S")
+    llm_reply_limit_s: int = option(120, "the longest a reply may stream, in seconds, whatever the server sends "
+                                    "meanwhile", min=1, metavar="S")
     llm_context: int = option(4096, "context size per server slot, in tokens", min=1, metavar="TOKENS")
     max_reply_tokens: int = option(96, "longest reply, in tokens", min=1, metavar="TOKENS")
     temperature: float = option(0.6, "sampling temperature, from 0 (always the likeliest token) to 2",

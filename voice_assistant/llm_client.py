@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import LLMConnectionError, LLMContextOverflow, LLMProtocolError, LLMRateLimited, LLMReadTimeout
+from .errors import (LLMConnectionError, LLMContextOverflow, LLMProtocolError, LLMRateLimited, LLMReadTimeout,
+                     LLMTooSlowError)  # fmt: skip
 from .sse import ChunkedDecoder, SSEParser, decode_line, sse_data
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,17 @@ LLAMACPP, OPENAI = "llamacpp", "openai"
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Wall-clock and size limits of one stream, checked on every piece of data that arrives, so a
+    server that keeps the connection busy (SSE comments, empty events, a trickle) cannot keep a
+    turn alive for ever. 0 turns a limit off."""
+
+    first_token_s: float = 0.0  # from sending the request to the first content piece, in seconds
+    total_s: float = 0.0  # from sending the request to the end of the stream, in seconds
+    max_bytes: int = 4 * 1024 * 1024  # response body bytes
 
 
 @dataclass
@@ -187,16 +199,15 @@ class LlamaClient:
             self._template_supported = False
         return chatml(messages)
 
-    def stream(self, payload: dict) -> "CompletionStream":
+    def stream(self, payload: dict, limits: StreamLimits | None = None) -> "CompletionStream":
         """Start a streamed completion of `payload` (llama-server's /completion fields; `prompt` from
-        `apply_template`); iterate it for text pieces."""
+        `apply_template`); iterate it for text pieces. `limits`: see StreamLimits."""
         if self.api == OPENAI:
             body = json.dumps(openai_body(payload, self.discover_model())).encode()
         else:
             body = json.dumps({**payload, "stream": True}).encode()
-        if self.use_raw_stream:
-            return RawCompletionStream(self, body)
-        return LinesCompletionStream(self, body)
+        stream_class = RawCompletionStream if self.use_raw_stream else LinesCompletionStream
+        return stream_class(self, body, limits or StreamLimits())
 
     def complete(self, payload: dict) -> str:
         """A whole completion as one string (used for background summaries)."""
@@ -206,10 +217,12 @@ class LlamaClient:
 class CompletionStream:
     """One streamed /completion. Iterate for content pieces; `abort()` from any thread."""
 
-    def __init__(self, client: LlamaClient, body: bytes) -> None:
+    def __init__(self, client: LlamaClient, body: bytes, limits: StreamLimits | None = None) -> None:
         self.client = client
         self.body = body
+        self.limits = limits or StreamLimits()
         self.stats = StreamStats()
+        self._received = 0  # response bytes so far
         self._aborted = threading.Event()
         self._lock = threading.Lock()
 
@@ -224,6 +237,18 @@ class CompletionStream:
 
     def _hang_up(self) -> None:
         raise NotImplementedError
+
+    def _check_limits(self, nbytes: int) -> None:
+        """Called as data arrives; raises when the stream outgrows its limits (the caller closes it)."""
+        self._received += nbytes
+        limits = self.limits
+        if limits.max_bytes and self._received > limits.max_bytes:
+            raise LLMProtocolError(f"the server sent more than {limits.max_bytes} bytes for one reply")
+        elapsed = time.monotonic() - (self.stats.sent_t or self.stats.open_t)
+        if limits.first_token_s and not self.stats.first_token_t and elapsed > limits.first_token_s:
+            raise LLMTooSlowError(f"no reply text after {limits.first_token_s:.0f} s")
+        if limits.total_s and elapsed > limits.total_s:
+            raise LLMTooSlowError(f"the reply was still streaming after {limits.total_s:.0f} s")
 
     def _handle_payload(self, payload: str) -> tuple[str, bool]:
         """(content, stop) of one SSE data payload; raises LLMProtocolError for errors."""
@@ -311,8 +336,8 @@ def openai_body(payload: dict, model: str) -> dict:
 class RawCompletionStream(CompletionStream):
     """HTTP/1.1 over a plain socket, parsed from bytes."""
 
-    def __init__(self, client: LlamaClient, body: bytes) -> None:
-        super().__init__(client, body)
+    def __init__(self, client: LlamaClient, body: bytes, limits: StreamLimits | None = None) -> None:
+        super().__init__(client, body, limits)
         self._sock: socket.socket | None = None
 
     def _hang_up(self) -> None:
@@ -384,6 +409,7 @@ class RawCompletionStream(CompletionStream):
         data = sock.recv(65536)
         if data and not self.stats.first_byte_t:
             self.stats.first_byte_t = time.monotonic()
+        self._check_limits(len(data))
         return data
 
     def _read(self, sock: socket.socket) -> Iterator[str]:
@@ -453,8 +479,8 @@ class RawCompletionStream(CompletionStream):
 class LinesCompletionStream(CompletionStream):
     """httpx `iter_lines()`; the seed's line-iterator reader."""
 
-    def __init__(self, client: LlamaClient, body: bytes) -> None:
-        super().__init__(client, body)
+    def __init__(self, client: LlamaClient, body: bytes, limits: StreamLimits | None = None) -> None:
+        super().__init__(client, body, limits)
         self._network_stream = None
 
     def _trace(self, event: str, info: dict) -> None:
@@ -493,6 +519,7 @@ class LinesCompletionStream(CompletionStream):
                 for line in response.iter_lines():
                     if not self.stats.first_byte_t:
                         self.stats.first_byte_t = time.monotonic()
+                    self._check_limits(len(line) + 1)
                     if self.aborted:
                         return
                     payload = sse_data(line)

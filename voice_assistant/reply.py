@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from .errors import LLMProtocolError, LLMTooSlowError
+from .llm_client import StreamLimits
 from .text import SentenceChunker, ThinkFilter
 
 
@@ -29,12 +30,15 @@ class ReplyOptions:
     stall_s: float = 20.0  # after the first token, this long without a new chunk to speak ends the reply
     first_clause_min_words: int = 3  # the first chunk may end at a comma after this many words (0: off)
     first_chunk_max_words: int = 8  # the first chunk is cut after this many words at most (0: off)
+    first_token_s: float = 0.0  # wall-clock limit from the request to the first token (0: none)
+    total_s: float = 0.0  # wall-clock limit on the whole reply (0: none)
 
     @classmethod
     def from_config(cls, config) -> "ReplyOptions":
         llm, voice = config.llm, config.voice
         return cls(llm.max_reply_tokens, llm.temperature, llm.low_latency_mode, float(llm.llm_timeout_s),
-                   voice.first_clause_min_words, voice.first_chunk_max_words)  # fmt: skip
+                   voice.first_clause_min_words, voice.first_chunk_max_words, float(llm.llm_timeout_s),
+                   float(llm.llm_reply_limit_s))  # fmt: skip
 
 
 def sampling_params(options: ReplyOptions) -> dict:
@@ -130,5 +134,6 @@ class ReplyStreamer:
         self.prefill_hold = prefill_hold  # set while the server processes a prompt (pause ASR), or None
 
     def open(self, prompt: str, first_chunk: bool = True, continuation: bool = False) -> ReplyStream:
-        completion = self.client.stream({"prompt": prompt, **sampling_params(self.options)})
+        limits = StreamLimits(first_token_s=self.options.first_token_s, total_s=self.options.total_s)
+        completion = self.client.stream({"prompt": prompt, **sampling_params(self.options)}, limits)
         return ReplyStream(completion, self.options, first_chunk, continuation, self.prefill_hold)

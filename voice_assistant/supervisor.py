@@ -87,8 +87,12 @@ class LLMSupervisor:
     def _check_reported(self, error: LLMError) -> None:
         """Monitor thread: is the backend down after this failure? Restart ours, or fail over."""
         if self.server is not None and self.chain.index == 0:
-            hung = isinstance(error, LLMReadTimeout)
             ready, _ = self.client.health(timeout_s=1.0)
+            # A read timeout from a server that still answers /health is a slow prompt (a big model on a
+            # CPU reading a long prompt), not a hang: restarting it would only lose its work.
+            hung = isinstance(error, LLMReadTimeout) and not ready
+            if isinstance(error, LLMReadTimeout) and ready:
+                log.warning("llama-server is slow, not hung (it answers /health): not restarting it")
             if hung or not self.server.alive() or not ready:
                 reason = "stopped answering" if hung and self.server.alive() else "is not running"
                 if not self._fail_over(f"llama-server {reason}"):
