@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -285,3 +286,38 @@ def test_bundled_llama_server_through_its_openai_endpoint(tmp_path):
                          str(tmp_path / "server2.log"))  # fmt: skip
     assert result.returncode == 0, result.stdout
     assert "OpenAI-compatible" in result.stdout
+
+
+@pytest.mark.slow
+def test_barge_in_on_the_real_servers_openai_endpoint_stops_generation(tmp_path):
+    """llama-server's own /v1/chat/completions: interrupting the reply closes the stream, and the
+    server stops generating at once (its slot is idle again long before the reply would have ended)."""
+    import httpx
+
+    from voice_assistant.llama_server import LlamaServerProcess, ServerConfig
+    from voice_assistant.models import default_llama_server, default_llm_gguf
+
+    server = LlamaServerProcess(ServerConfig(default_llama_server(), default_llm_gguf(), log_path=tmp_path / "s.log"))
+    server.start()
+    h = Harness(server.url + "/v1", api="openai", api_key=server.api_key, read_timeout_s=10.0, max_reply_tokens=600,
+                system_prompt="You are a storyteller. Always answer with a very long story.")  # fmt: skip
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+
+    def generating() -> bool:
+        slots = httpx.get(server.url + "/slots", headers=auth, trust_env=False, timeout=5.0).json()
+        return any(slot.get("is_processing") for slot in slots)
+
+    try:
+        turn = h.system.submit_user_text("Tell me a long story about a dragon and a knight.")
+        wait_until(lambda: h.queued_blocks() > 0, h.sink.item_arrived, timeout_s=30)
+        assert generating()  # 600 tokens take several seconds here
+        h.sink.play_next()
+        assert h.system.interrupt()
+        stopped_t = time.monotonic()
+        wait_until(lambda: not generating(), timeout_s=5)
+        assert time.monotonic() - stopped_t < 2.0
+        assert h.system.history.exchanges()[-1].interrupted
+        assert turn not in h.sink.ends
+    finally:
+        h.close()
+        server.close()
