@@ -124,7 +124,7 @@ def naive_baseline(all_questions: list[list[str]], work: Path, end_of_speech_s: 
     from voice_assistant.wavio import resample
 
     server = LlamaServerProcess(ServerConfig(default_llama_server(), default_llm_gguf(), log_path=work / "naive.log"))
-    client = LlamaClient(server.start())
+    client = LlamaClient(server.start(), api_key=server.api_key)  # our child answers only its run's key
     transcriber = WhisperTranscriber.load(resolve_asr_model(None), threads=2)
     synth = PiperSynthesizer.load(default_tts_model(), threads=1)
     transcriber.warm_up()
@@ -147,7 +147,7 @@ def naive_baseline(all_questions: list[list[str]], work: Path, end_of_speech_s: 
                 latencies.append((end_of_speech_s + done - start) * 1000.0)
     finally:
         client.close()
-        server.stop()
+        server.close()
     return latencies, rtfs
 
 
