@@ -249,10 +249,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}})
 
-    def _stream(self, reply: Reply) -> None:
-        if reply.status != 200:
-            self._send_json(reply.status, {"error": {"code": reply.status, "message": reply.error_message, "type": "server_error"}})
-            return
+    def _stream_headers(self, reply: Reply) -> None:
+        """The 200 headers of an SSE stream (after `headers_gate`, when the reply has one)."""
         if reply.headers_gate is not None:
             self._wait(reply.headers_gate)
         self.send_response(200)
@@ -264,6 +262,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
         except OSError:
             raise _HangUp from None
+
+    def _stream(self, reply: Reply) -> None:
+        if reply.status != 200:
+            self._send_json(reply.status, {"error": {"code": reply.status, "message": reply.error_message, "type": "server_error"}})
+            return
+        self._stream_headers(reply)
         end = b"\r\n" if reply.crlf else b"\n"
 
         def event(obj: dict) -> bytes:
@@ -316,16 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
             error = {"error": {"message": reply.error_message, "type": "server_error", "code": reply.status}}
             self._send_json(reply.status, error, reply.retry_after)
             return
-        if reply.headers_gate is not None:
-            self._wait(reply.headers_gate)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Connection", "close")
-        try:
-            self.end_headers()
-        except OSError:
-            raise _HangUp from None
+        self._stream_headers(reply)
 
         def chunk(delta: dict | None, finish: str | None = None, **extra: Any) -> bytes:
             choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]

@@ -3,6 +3,7 @@ buffer, and the supervisor doing its restarts on its own thread."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -116,69 +117,54 @@ class FakeServerProcess:
         return self.url
 
 
-def test_a_hang_is_restarted_on_the_monitor_thread_never_on_the_reporting_one(caplog):
-    caplog.set_level(logging.WARNING)
+@contextlib.contextmanager
+def monitored_server(process_running: bool = True):
+    """(fake server, FakeServerProcess, supervisor) with the supervisor's monitor running on its
+    own `llm-monitor` thread; stopped and joined at the end."""
     with FakeLlamaServer() as fake:
         client = LlamaClient(fake.url)
         process = FakeServerProcess(fake.url)
+        process.running = process_running
         supervisor = LLMSupervisor(client, process, poll_s=0.05)
         stopping = threading.Event()
         monitor = threading.Thread(target=supervisor.run, args=(stopping,), name="llm-monitor")
         monitor.start()
         try:
-            fake.health_status = 503  # a hung server does not answer /health either
-            started = time.monotonic()
-            supervisor.report_failure(LLMReadTimeout("reading from llama-server timed out"))
-            assert time.monotonic() - started < 0.05  # the reporting (LLM) thread does not wait
-            assert supervisor.wait_settled(10.0)
-            assert process.started_on == ["llm-monitor"] and supervisor.restart_count == 1
-            assert "stopped answering" in caplog.text
+            yield fake, process, supervisor
         finally:
             stopping.set()
             supervisor.stop()
             monitor.join(5.0)
             client.close()
+        assert not monitor.is_alive()
+
+
+def test_a_hang_is_restarted_on_the_monitor_thread_never_on_the_reporting_one(caplog):
+    caplog.set_level(logging.WARNING)
+    with monitored_server() as (fake, process, supervisor):
+        fake.health_status = 503  # a hung server does not answer /health either
+        started = time.monotonic()
+        supervisor.report_failure(LLMReadTimeout("reading from llama-server timed out"))
+        assert time.monotonic() - started < 0.05  # the reporting (LLM) thread does not wait
+        assert supervisor.wait_settled(10.0)
+        assert process.started_on == ["llm-monitor"] and supervisor.restart_count == 1
+        assert "stopped answering" in caplog.text
 
 
 def test_no_restart_after_the_supervisor_is_stopped(caplog):
     caplog.set_level(logging.WARNING)
-    with FakeLlamaServer() as fake:
-        client = LlamaClient(fake.url)
-        process = FakeServerProcess(fake.url)
-        process.running = False  # it died
-        supervisor = LLMSupervisor(client, process, poll_s=0.05)
-        stopping = threading.Event()
-        monitor = threading.Thread(target=supervisor.run, args=(stopping,), name="llm-monitor")
-        monitor.start()
-        try:
-            wait_until(lambda: "restarting it in 0.5 s" in caplog.text)  # the monitor is in its backoff
-            stopping.set()
-            supervisor.stop()  # close() while the restart waits
-            monitor.join(5.0)
-            assert not monitor.is_alive()
-            assert process.started_on == []  # never started after stop()
-        finally:
-            client.close()
+    with monitored_server(process_running=False) as (fake, process, supervisor):  # it died
+        wait_until(lambda: "restarting it in 0.5 s" in caplog.text)  # the monitor is in its backoff
+    # leaving the block stopped the supervisor while the restart waited (as close() does)
+    assert process.started_on == []  # never started after stop()
 
 
 def test_a_slow_prompt_is_not_taken_for_a_hang(caplog):
     """A read timeout from a server that still answers /health (a big model reading a long prompt)
     costs the turn, not a restart that would throw the server's work away."""
     caplog.set_level(logging.WARNING)
-    with FakeLlamaServer() as fake:
-        client = LlamaClient(fake.url)
-        process = FakeServerProcess(fake.url)
-        supervisor = LLMSupervisor(client, process, poll_s=0.05)
-        stopping = threading.Event()
-        monitor = threading.Thread(target=supervisor.run, args=(stopping,), name="llm-monitor")
-        monitor.start()
-        try:
-            supervisor.report_failure(LLMReadTimeout("reading from llama-server timed out"))
-            assert supervisor.wait_settled(10.0)
-            assert process.started_on == [] and supervisor.restart_count == 0
-            assert "slow, not hung" in caplog.text
-        finally:
-            stopping.set()
-            supervisor.stop()
-            monitor.join(5.0)
-            client.close()
+    with monitored_server() as (fake, process, supervisor):
+        supervisor.report_failure(LLMReadTimeout("reading from llama-server timed out"))
+        assert supervisor.wait_settled(10.0)
+        assert process.started_on == [] and supervisor.restart_count == 0
+        assert "slow, not hung" in caplog.text

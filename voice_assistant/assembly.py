@@ -48,18 +48,13 @@ def divert_native_stderr(path: Path) -> None:
 
 
 def make_client(config: Config, url: str, server=None):
-    """A client for the server at `url`, its API detected (or as --llm-api says), with its API key.
-
-    SetupError if the key would go over plain http to another machine, or a named key is unset."""
-    from .backends import check_key_transport, detect_api
+    """A client for the server at `url`, its API detected (or as --llm-api says), with its API key
+    (`check_api_keys()` has checked where keys may go)."""
+    from .backends import detect_api
     from .llm_client import LlamaClient, api_key_from_env
 
     llm = config.llm
-    if server is not None:  # our child: its own key for this run
-        key = server.api_key
-    else:
-        key = api_key_from_env(llm.llm_api_key_env)
-        check_key_transport(url, key, llm.allow_insecure_key)
+    key = server.api_key if server is not None else api_key_from_env(llm.llm_api_key_env)
     requested = "llamacpp" if server is not None and llm.llm_api == "auto" else llm.llm_api
     api, base = detect_api(url, requested, api_key=key)
     return LlamaClient(base, use_raw_stream=llm.use_raw_stream, use_http2=llm.use_http2, api=api,

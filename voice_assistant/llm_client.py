@@ -256,50 +256,44 @@ class CompletionStream:
         if not self.stats.first_line_t:
             self.stats.first_line_t = now
         if self.client.api == OPENAI:
-            content, stop = self._openai_event(payload)
-            if content:
-                self.stats.tokens += 1
-                self.stats.first_token_t = self.stats.first_token_t or now
-            return content, stop
+            if payload.strip() == "[DONE]":
+                return "", True
+            content, stop = self._openai_event(self._decode_event(payload, "the server"))
+        else:
+            content, stop = self._llama_event(self._decode_event(payload, "llama-server"))
+        if not isinstance(content, str):
+            raise LLMProtocolError("the server sent non-text content")
+        if content:
+            self.stats.tokens += 1
+            self.stats.first_token_t = self.stats.first_token_t or now
+        return content, stop
+
+    @staticmethod
+    def _decode_event(payload: str, who: str) -> dict:
+        """One event's JSON object; LLMProtocolError for anything else, or for an error event."""
         try:
             event = json.loads(payload)
         except (ValueError, RecursionError):  # RecursionError: hostile, deeply nested JSON
-            raise LLMProtocolError(f"llama-server sent a non-JSON event: {payload[:80]!r}") from None
+            raise LLMProtocolError(f"{who} sent a non-JSON event: {payload[:80]!r}") from None
         if not isinstance(event, dict):
-            raise LLMProtocolError(f"llama-server sent an unexpected event: {payload[:80]!r}")
+            raise LLMProtocolError(f"{who} sent an unexpected event: {payload[:80]!r}")
         if "error" in event:
             error = event["error"]
             message = error.get("message", error) if isinstance(error, dict) else error
-            raise LLMProtocolError(f"llama-server error: {message}")
-        content = event.get("content") or ""
-        if not isinstance(content, str):
-            raise LLMProtocolError("llama-server sent non-text content")
-        if content:
-            self.stats.tokens += 1
-            if not self.stats.first_token_t:
-                self.stats.first_token_t = now
+            raise LLMProtocolError(f"{who} reported an error: {message}")
+        return event
+
+    def _llama_event(self, event: dict) -> tuple[str, bool]:
+        """(content, stop) of one llama-server /completion event."""
         stop = bool(event.get("stop"))
         if stop:
             timings = event.get("timings")
             self.stats.server_timings = timings if isinstance(timings, dict) else {}
             self.stats.stop_type = str(event.get("stop_type", ""))
-        return content, stop
+        return event.get("content") or "", stop
 
-
-    def _openai_event(self, payload: str) -> tuple[str, bool]:
+    def _openai_event(self, event: dict) -> tuple[str, bool]:
         """(content, stop) of one chat-completion chunk; reasoning (`reasoning_content`) is dropped."""
-        if payload.strip() == "[DONE]":
-            return "", True
-        try:
-            event = json.loads(payload)
-        except (ValueError, RecursionError):
-            raise LLMProtocolError(f"the server sent a non-JSON event: {payload[:80]!r}") from None
-        if not isinstance(event, dict):
-            raise LLMProtocolError(f"the server sent an unexpected event: {payload[:80]!r}")
-        if "error" in event:
-            error = event["error"]
-            message = error.get("message", error) if isinstance(error, dict) else error
-            raise LLMProtocolError(f"the server reported an error: {message}")
         usage, timings = event.get("usage"), event.get("timings")
         if isinstance(usage, dict):
             details = usage.get("prompt_tokens_details")
@@ -310,13 +304,11 @@ class CompletionStream:
             self.stats.server_timings.update(timings)
         choices = event.get("choices") or []
         if not isinstance(choices, list) or (choices and not isinstance(choices[0], dict)):
-            raise LLMProtocolError(f"the server sent malformed choices: {payload[:80]!r}")
+            raise LLMProtocolError(f"the server sent malformed choices: {str(choices)[:80]!r}")
         if not choices:
             return "", False  # a usage-only chunk
         delta = choices[0].get("delta") or {}
         content = delta.get("content") or "" if isinstance(delta, dict) else None
-        if not isinstance(content, str):
-            raise LLMProtocolError("the server sent non-text content")
         if choices[0].get("finish_reason"):
             self.stats.stop_type = str(choices[0]["finish_reason"])
         return content, False
