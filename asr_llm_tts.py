@@ -36,7 +36,7 @@ from voice_assistant.summarizer import HistorySummarizer
 from voice_assistant.text import clean_for_speech, words_in
 from voice_assistant.turns import (EndOfText, ReplyPlayed, Respond, Resume, SentenceItem, Turn, TurnCounter,
                                    TurnTimings, WriteRecords)  # fmt: skip
-from voice_assistant.workers import QueueWorker
+from voice_assistant.workers import QueueWorker, log_thread_deaths
 
 log = logging.getLogger("voice_assistant.system")
 chat_log = logging.getLogger("voice_assistant.chat")
@@ -144,14 +144,17 @@ class VoiceConversationSystem:
             self.speculation.start(self._on_spec_text)
         if self.recognizer is not None:
             self.recognizer.start(self.on_final_text, self._stopping)
+        self.sink.start(self.t0)
+        if self.source is not None:
+            self.source.start(self.on_audio, self.t0)
+        if self.device_monitor is not None:
+            self.device_monitor.watch(self.source, self.recognizer, self.llm_worker, self.speech.worker,
+                                      self.control_worker, self.speculation and self.speculation.worker)  # fmt: skip
         for name, loop in (("llm-monitor", self.supervisor), ("device-monitor", self.device_monitor)):
             if loop is not None:
                 thread = threading.Thread(target=loop.run, args=(self._stopping,), name=name, daemon=True)
                 thread.start()
                 self._threads.append(thread)
-        self.sink.start(self.t0)
-        if self.source is not None:
-            self.source.start(self.on_audio, self.t0)
         if self.mic is not None:
             self.mic.set_device_latency(getattr(self.sink, "latency_s", 0.0) + getattr(self.source, "latency_s", 0.0))
 
@@ -183,7 +186,7 @@ class VoiceConversationSystem:
         self.client.close()
         if self.mic is not None:
             self.mic.close(self.metrics)
-        self.metrics.flush()
+        self.metrics.close()
         self.transcript.close()
         if self.server is not None:
             self.server.close(timeout_s=max(0.05, deadline - time.monotonic()))
@@ -617,6 +620,7 @@ def main(argv=None) -> int:
         print(to_toml(config), end="")
         return 0
     configure_logging(config.logging.log_level)
+    log_thread_deaths()
     if (config.audio.input_wav is None or actions.test or actions.list_devices) and config.logging.log_level != "DEBUG":
         divert_native_stderr(state_dir() / "native-stderr.log")  # audio devices are about to be opened
     if actions.list_devices:

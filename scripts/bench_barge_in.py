@@ -32,6 +32,8 @@ from benchlib import ROOT, report_targets  # noqa: E402  (also sets the import p
 
 from speech import say  # noqa: E402  (tests/speech.py: espeak-ng utterances)
 
+from voice_assistant.metrics import read_metrics  # noqa: E402
+
 RATE_HZ = 16000
 SILENCE_THRESHOLD = 0.01
 TOPICS = [
@@ -116,7 +118,7 @@ def main() -> int:
     print(f"ran in {time.monotonic() - started:.0f} s")
 
     out, rate = soundfile.read(str(out_wav), dtype="float32")
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_metrics(metrics_path)
     decisions = [b["decision_t_s"] for b in metrics["barge_ins"]]
 
     rows, missed, stale, not_speaking = [], 0, 0, 0

@@ -30,6 +30,8 @@ from benchlib import ROOT, report_targets  # noqa: E402  (also sets the import p
 
 from speech import say  # noqa: E402
 
+from voice_assistant.metrics import read_metrics  # noqa: E402
+
 QUESTIONS = [
     "What is the capital of France?", "How many legs does a spider have?", "What colour is the sky?",
     "Where do penguins live?", "What do bees make?", "Which planet is the largest?", "Name a big animal.",
@@ -75,7 +77,7 @@ def run(name: str, in_wav: Path, work: Path, extra: list[str]) -> dict:
     (work / f"{name}.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         raise SystemExit(f"{name}: the program failed; see {work / (name + '.log')}")
-    return {"metrics": json.loads(metrics_path.read_text()), "mic": mic_path, "out": work / f"{name}_out.wav"}
+    return {"metrics": read_metrics(metrics_path), "mic": mic_path, "out": work / f"{name}_out.wav"}
 
 
 def analyse(run_result: dict, spans: list[dict], in_audio: np.ndarray) -> dict:

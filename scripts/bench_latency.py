@@ -39,6 +39,8 @@ from benchlib import ROOT, report_targets  # noqa: E402  (also sets the import p
 
 from speech import conversation  # noqa: E402
 
+from voice_assistant.metrics import read_metrics  # noqa: E402
+
 QUESTIONS = [
     "What is the capital of France?", "How many legs does a spider have?", "What colour is the sky?",
     "Name a big animal.", "What is two plus two?", "Where do penguins live?", "What do bees make?",
@@ -102,7 +104,7 @@ def run_conversation(index: int, questions: list[str], work: Path, extra: list[s
         raise SystemExit(f"the program failed (exit {process.returncode}); see {work / f'conv{index}.log'}")
     cold = next(float(line.split("ready ")[1].split(" s")[0]) for line in output.splitlines() if "ready " in line)
     out, rate = soundfile.read(str(out_wav), dtype="float32")
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_metrics(metrics_path)
     v2v = []
     for _, end in spans:
         start = first_sound_after(out, rate, end, GAP_S)

@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from speech import say  # noqa: E402
 
+from voice_assistant.metrics import read_metrics  # noqa: E402
+
 PROMPTS = ["Say yes.", "Name a colour.", "Count to three.", "Say hello.", "Name a fruit.", "Say a number.",
            "Name an animal.", "Say goodbye."]  # fmt: skip
 
@@ -73,7 +75,7 @@ def run_soak(turns: int, work: Path) -> dict:
     done.set()
     sampler.join()
     (work / "program.log").write_text(output)
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_metrics(metrics_path)
     lines = [json.loads(line) for line in transcript.read_text().splitlines()]
     # after warm-up (first quarter) to the end
     warm = samples[len(samples) // 4 : -3]  # from the end of the first quarter to just before shutdown

@@ -14,6 +14,8 @@ import soundfile
 
 from speech import conversation, voiced_spans
 
+from voice_assistant.metrics import read_metrics
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
@@ -30,7 +32,7 @@ def run_file_mode(tmp_path: Path, in_wav: Path, *extra: str, env: dict | None = 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
-    return result, json.loads((tmp_path / "metrics.json").read_text())
+    return result, read_metrics(tmp_path / "metrics.json")
 
 
 def test_spoken_question_gets_spoken_answer(tmp_path):

@@ -256,6 +256,69 @@ def test_output_device_vanishing_is_reported_and_reopened(monkeypatch, caplog):
         sink.close()
 
 
+class ThreadKiller(BaseException):
+    """What a worker loop does not catch (as SystemExit or a library's own BaseException would be)."""
+
+
+def test_a_consumer_thread_that_dies_is_restarted_by_the_device_monitor(tmp_path, caplog, monkeypatch):
+    """The audio-in thread and a worker thread die of what their loops cannot catch; the monitor
+    notices within a poll, says so in one line each, and the audio and the items go on."""
+    import numpy as np
+    import soundfile
+
+    from voice_assistant.audio_io import WavFileSource
+    from voice_assistant.workers import QueueWorker, log_thread_deaths
+
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # restored after the test
+    log_thread_deaths()  # as main() does: one line per death, no traceback on the terminal
+
+    wav = tmp_path / "in.wav"
+    soundfile.write(str(wav), np.zeros(16000 * 3, dtype=np.float32), 16000)
+    source = WavFileSource(wav)
+    delivered: list[float] = []
+
+    def consume(chunk, end_t):
+        delivered.append(end_t)
+        if len(delivered) == 5:
+            raise ThreadKiller()
+
+    handled: list[str] = []
+
+    def handle(item):
+        if item == "poison":
+            raise ThreadKiller()
+        handled.append(item)
+
+    worker = QueueWorker("llm", handle)
+    monitor = DeviceMonitor({}, poll_s=0.05)
+    stopping = threading.Event()
+    thread = threading.Thread(target=monitor.run, args=(stopping,), name="device-monitor", daemon=True)
+    try:
+        worker.start()
+        source.start(consume, time.monotonic())
+        monitor.watch(source, worker, None)
+        thread.start()
+        worker.put("poison")
+        worker.put("after")
+        wait_until(lambda: handled == ["after"], timeout_s=3)
+        wait_until(lambda: len(delivered) >= 20, timeout_s=5)  # the audio goes on after chunk 5 killed its thread
+        assert monitor.restarts == {"wav-source": 1, "llm": 1}
+    finally:
+        stopping.set()
+        thread.join(timeout=2)
+        worker.stop()
+        worker.join(2)
+        source.close()
+    steps = np.diff(delivered[:20])
+    assert np.allclose(steps, 0.032), steps  # not a chunk lost or repeated
+    errors = sorted(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert errors == ["the llm thread failed: ThreadKiller: ",
+                      "the llm thread stopped unexpectedly (1 times); restarting it",
+                      "the wav-source thread failed: ThreadKiller: ",
+                      "the wav-source thread stopped unexpectedly (1 times); restarting it"]  # fmt: skip
+    assert not worker.died() and not source.died()  # stopped on purpose: not restarted after close
+
+
 @pytest.mark.slow
 def test_enormous_utterance_keeps_its_last_words_and_the_conversation_goes_on(real_server):
     # prefilling about 1000 tokens takes a few seconds here
@@ -320,20 +383,107 @@ def test_a_full_disk_loses_no_answer(tmp_path, caplog):
     assert "Traceback" not in caplog.text
 
 
-def test_metrics_file_is_private_and_written_whole(tmp_path):
-    import json
+def test_metrics_file_is_private_and_appended_one_record_per_line(tmp_path):
     import os
 
-    from voice_assistant.metrics import MetricsFile
+    from voice_assistant.metrics import MetricsFile, read_metrics
 
     os.umask(0o022)
     path = tmp_path / "m.json"
-    metrics = MetricsFile(path)
+    metrics = MetricsFile(path, keep=3)
     metrics.add({"turn": 1, "user": "my secret question"})
     metrics.flush()
     assert (path.stat().st_mode & 0o777) == 0o600
-    assert json.loads(path.read_text())["turns"][0]["user"] == "my secret question"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # no temporary file left behind
+    size = path.stat().st_size
+    inode = path.stat().st_ino
+    for turn in range(2, 6):
+        metrics.add({"turn": turn, "user": "again"})
+        metrics.add_barge_in({"turn": turn, "words_kept": 2})
+        metrics.flush()
+        assert path.stat().st_ino == inode  # appended to, never rewritten whole
+    assert path.read_text().splitlines()[0] == '{"kind": "turn", "turn": 1, "user": "my secret question"}'
+    assert path.stat().st_size > size
+    metrics.set_summary({"echo": {"erle_db": 20.0}})
+    metrics.close()
+    document = read_metrics(path)
+    assert [t["turn"] for t in document["turns"]] == [1, 2, 3, 4, 5]  # the file keeps all of them
+    assert [t["turn"] for t in metrics.turns] == [3, 4, 5]  # memory keeps the last `keep`
+    assert len(document["barge_ins"]) == 4 and document["summary"] == {"echo": {"erle_db": 20.0}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+
+
+def test_a_file_removed_under_us_is_one_line_not_a_silent_loss(tmp_path, caplog):
+    from voice_assistant.files import JsonLinesFile
+
+    path = tmp_path / "t.jsonl"
+    file = JsonLinesFile(path, "the transcript")
+    file.write({"turn": 1})
+    path.unlink()  # writes would go on into a file nobody can read
+    file.write({"turn": 2})
+    file.write({"turn": 3})
+    file.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"cannot write the transcript {path} (the file was removed); not writing it any more"]
+
+
+def test_files_we_name_do_not_follow_a_planted_link_but_files_the_user_names_may(tmp_path):
+    import errno
+    import os
+
+    from voice_assistant.files import open_private
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    link = tmp_path / "llama-server.log"
+    link.symlink_to(victim)
+    with pytest.raises(OSError) as raised:
+        open_private(link, follow_links=False)
+    assert raised.value.errno == errno.ELOOP
+    assert victim.read_text() == "precious"
+    os.close(open_private(link))  # a link the user named is theirs to use
+    assert victim.read_text() == "precious"  # appended to, not truncated
+
+
+def test_the_recording_streams_to_disk_and_stays_readable(tmp_path):
+    import os
+
+    import numpy as np
+    import soundfile
+
+    from voice_assistant.files import StreamingWav
+
+    path = tmp_path / "mic.wav"
+    recording = StreamingWav(path, 16000, 2, max_queued=10_000)
+    block = np.full((512, 2), 0.25, dtype=np.float32)
+    for _ in range(100):
+        recording.add(block)
+    deadline = time.monotonic() + 5
+    while recording.frames_written < 100 * 512 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # before close: already on disk with a valid header (a crash now leaves a readable file)
+    samples, rate = soundfile.read(str(path), dtype="float32")
+    assert rate == 16000 and samples.shape == (100 * 512, 2)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    recording.close()
+    samples, _ = soundfile.read(str(path), dtype="float32")
+    assert samples.shape == (100 * 512, 2) and abs(float(samples.mean()) - 0.25) < 0.001
+    assert recording.dropped_blocks == 0 and os.path.getsize(path) == 44 + 100 * 512 * 4
+
+
+def test_a_recording_on_a_full_disk_is_one_line_and_the_audio_thread_never_blocks(tmp_path, caplog):
+    import numpy as np
+
+    from voice_assistant.files import StreamingWav
+
+    recording = StreamingWav("/dev/full", 16000, 2)
+    block = np.zeros((512, 2), dtype=np.float32)
+    start = time.monotonic()
+    for _ in range(2000):
+        recording.add(block)
+    assert time.monotonic() - start < 1.0
+    recording.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("cannot write /dev/full ("), errors
 
 
 def test_loopback_requests_ignore_a_proxy(monkeypatch):

@@ -124,10 +124,14 @@ class SpeechRecognizer:
     RealtimeSTT's callbacks run on its own threads and only record state.
     """
 
+    name = "asr"
+
     def __init__(self, utterance_end: Callable[[], float]) -> None:
         self.utterance_end = utterance_end  # end of the latest speech (the utterance tracker's clock)
         self._recorder = None
         self._thread: threading.Thread | None = None
+        self._on_final = None
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._recording = False  # RealtimeSTT is recording an utterance; guarded by _lock
         self._transcribing_since = 0.0  # it closed one and is transcribing it; guarded by _lock
@@ -193,8 +197,20 @@ class SpeechRecognizer:
 
     def start(self, on_final: Callable[[str, float, float, np.ndarray | None], None],
               stopping: threading.Event) -> None:  # fmt: skip
-        self._thread = threading.Thread(target=self._run, args=(on_final, stopping), name="asr", daemon=True)
-        self._thread.start()
+        self._on_final, self._stopping = on_final, stopping
+        self.restart()
+
+    def died(self) -> bool:
+        """The asr thread ended without being stopped (what the device monitor asks)."""
+        thread = self._thread
+        return not self._stopping.is_set() and thread is not None and not thread.is_alive()
+
+    def restart(self) -> None:
+        """(Re)start the asr thread."""
+        if not self._stopping.is_set():
+            self._thread = threading.Thread(target=self._run, args=(self._on_final, self._stopping), name=self.name,
+                                            daemon=True)  # fmt: skip
+            self._thread.start()
 
     def _run(self, on_final, stopping: threading.Event) -> None:
         """asr thread: each final transcript to `on_final`; a failure is logged and listening goes on."""

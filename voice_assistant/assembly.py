@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import SetupError
+from .files import open_private, private_folder
 from .history import History
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ def divert_native_stderr(path: Path) -> None:
     already say what happened; theirs go to the log for whoever wants the details.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        private_folder(path.parent)
+        target = open_private(path, truncate=True, follow_links=False)  # in our state folder: never a link
     except OSError as exc:
         log.debug("native library messages stay on the terminal: %s", exc)
         return
@@ -101,6 +102,7 @@ def start_llm(config: Config, keep_listening: bool = False):
                 batch_threads=llm.llm_batch_threads,
                 context_tokens=llm.llm_context,
                 log_path=Path(config.logging.server_log or state_dir() / "llama-server.log"),
+                log_path_named=bool(config.logging.server_log),
             )
         )
     try:
@@ -294,6 +296,6 @@ def build_components(config: Config) -> dict:
     return dict(
         client=client, synthesizer=synthesizer, sink=sink, source=source, mic=mic, recognizer=recognizer,
         speculation=speculation, defense=defense, supervisor=supervisor,
-        device_monitor=DeviceMonitor(devices) if devices else None, server=server,
+        device_monitor=DeviceMonitor(devices), server=server,  # also watches the threads, in file mode too
         transcript=transcript, metrics=metrics,
     )  # fmt: skip

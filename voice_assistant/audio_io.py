@@ -330,6 +330,8 @@ class ChunkDelivery:
 class WavFileSource(AudioSource):
     """A WAV played as the microphone, in real time; then silence, as a quiet room would give."""
 
+    name = "wav-source"
+
     def __init__(self, path: Path) -> None:
         samples, rate = read_wav(path)  # WavFormatError for bad input, before anything starts
         self.samples = resample(samples, rate, INPUT_RATE_HZ)
@@ -337,28 +339,40 @@ class WavFileSource(AudioSource):
         self.exhausted = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_chunk = 0
+        self._consumer: ChunkDelivery | None = None
+        self._t0 = 0.0
 
     def start(self, consumer: AudioConsumer, t0: float) -> None:
-        self._thread = threading.Thread(target=self._run, args=(consumer, t0), name="wav-source", daemon=True)
-        self._thread.start()
+        self._consumer, self._t0 = ChunkDelivery(consumer, self.name), t0
+        self.restart()
 
-    def _run(self, consumer: AudioConsumer, t0: float) -> None:
-        consumer = ChunkDelivery(consumer, "wav-source")
+    def died(self) -> bool:
+        """The delivery thread ended without being closed (what the device monitor asks)."""
+        thread = self._thread
+        return not self._stop.is_set() and thread is not None and not thread.is_alive()
+
+    def restart(self) -> None:
+        """(Re)start the delivery thread where the last one stopped."""
+        if not self._stop.is_set():
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
         silence = np.zeros(INPUT_CHUNK_SAMPLES, dtype=np.float32)
-        k = 0
         while not self._stop.is_set():
-            start = k * INPUT_CHUNK_SAMPLES
+            start = self._next_chunk * INPUT_CHUNK_SAMPLES
             chunk = self.samples[start : start + INPUT_CHUNK_SAMPLES]
             if len(chunk) < INPUT_CHUNK_SAMPLES:
                 if not self.exhausted.is_set() and start >= len(self.samples):
                     self.exhausted.set()
                 chunk = np.concatenate([chunk, silence[: INPUT_CHUNK_SAMPLES - len(chunk)]])
-            end_t = t0 + (start + INPUT_CHUNK_SAMPLES) / INPUT_RATE_HZ
+            end_t = self._t0 + (start + INPUT_CHUNK_SAMPLES) / INPUT_RATE_HZ
             delay = end_t - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
-            consumer(chunk, end_t)
-            k += 1
+            self._next_chunk += 1
+            self._consumer(chunk, end_t)
 
     def close(self) -> None:
         self._stop.set()
@@ -371,6 +385,7 @@ class MicrophoneSource(AudioSource):
     """PortAudio input at 16 kHz; the callback only queues, a worker thread calls the consumer."""
 
     STALL_S = 2.0  # no audio for this long from an open stream means the device is gone
+    name = "mic-source"
 
     def __init__(self, device: int | None) -> None:
         self.device = device
@@ -384,6 +399,7 @@ class MicrophoneSource(AudioSource):
         self.error = ""
         self._last_chunk_t = 0.0
         self._chunks_since_open = 0
+        self._consumer: ChunkDelivery | None = None
 
     def healthy(self) -> bool:
         stream = self._stream
@@ -428,8 +444,19 @@ class MicrophoneSource(AudioSource):
 
     def start(self, consumer: AudioConsumer, t0: float) -> None:
         self._open()
-        self._thread = threading.Thread(target=self._run, args=(consumer,), name="mic-source", daemon=True)
-        self._thread.start()
+        self._consumer = ChunkDelivery(consumer, "audio-in")
+        self.restart()
+
+    def died(self) -> bool:
+        """The delivery thread ended without being closed (what the device monitor asks)."""
+        thread = self._thread
+        return not self._stop.is_set() and thread is not None and not thread.is_alive()
+
+    def restart(self) -> None:
+        """(Re)start the thread that hands queued chunks to the consumer."""
+        if not self._stop.is_set():
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
 
     def _callback(self, indata, frames, time_info, status) -> None:
         self._last_chunk_t = time.monotonic()
@@ -440,15 +467,14 @@ class MicrophoneSource(AudioSource):
         except queue.Full:
             self.dropped_chunks += 1
 
-    def _run(self, consumer: AudioConsumer) -> None:
-        consumer = ChunkDelivery(consumer, "audio-in")
+    def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 chunk, captured_t = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
             if len(chunk) == INPUT_CHUNK_SAMPLES:
-                consumer(chunk, captured_t)
+                self._consumer(chunk, captured_t)
 
     def close(self) -> None:
         self._stop.set()

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from .errors import SetupError
+from .files import open_private, private_folder
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class ServerConfig:
     batch_threads: int = 2  # prompt-processing threads (-tb)
     context_tokens: int = 4096  # context size per slot
     slots: int = 2  # slot 0 for the conversation, slot 1 for background summaries
-    log_path: Path | None = None  # where the server's output goes (kept after exit)
+    log_path: Path | None = None  # where the server's output goes (kept after exit, 0600)
+    log_path_named: bool = True  # False: a path we chose, where a symbolic link is refused, not followed
     startup_timeout_s: float = 60.0  # give up waiting for /health after this long
 
 
@@ -89,8 +91,11 @@ class LlamaServerProcess:
             raise SetupError(f"llama-server binary not found or not executable: {c.binary}")
         self.port = free_port()
         log_path = c.log_path or Path(os.devnull)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(log_path, "ab")
+        try:
+            private_folder(log_path.parent)
+            self._log_file = os.fdopen(open_private(log_path, follow_links=c.log_path_named), "ab")
+        except OSError as exc:
+            raise SetupError(f"cannot write the llama-server log {log_path}: {exc.strerror or exc}") from None
         log.info("starting llama-server: %s (log: %s)", " ".join(self.command()), log_path)
         env = {**os.environ, "LLAMA_API_KEY": self.api_key}
         self._process = subprocess.Popen(

@@ -1,15 +1,13 @@
-"""Per-turn timings: recorded as plain dicts, printed as one line, written as JSON."""
+"""Per-turn timings: recorded as plain dicts, printed as one line, written as JSON lines."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from pathlib import Path
 
+from .files import JsonLinesFile
 from .llm_client import StreamStats
 
 log = logging.getLogger(__name__)
@@ -107,103 +105,74 @@ def format_turn(metrics: dict) -> str:
 
 
 class MetricsFile:
-    """Every turn's and every barge-in's metrics as one JSON document (`--metrics-json`).
+    """Every turn's and every barge-in's metrics as JSON lines (`--metrics-json`), read back with
+    `read_metrics()`.
 
-    `add()` and `add_barge_in()` only record in memory (any thread, never blocking on the disk);
-    `flush()` (the control thread) rewrites the file atomically: a new 0600 file with a unique name
-    beside it, fsynced, then renamed over it. A disk that fails (full, read-only, folder removed)
-    costs one log line and the file is no longer written; the conversation goes on. In memory only
-    the last `keep` turns and barge-ins are kept (the file then holds those).
+    Each line is one record with its `kind`: `turn`, `barge_in`, or at exit `summary`. `add()` and
+    `add_barge_in()` only record in memory (any thread, never blocking on the disk); `flush()` (the
+    control thread) appends what is new, so a session of any length costs O(1) per turn. A disk that
+    fails costs one log line and the file is not written any more; the conversation goes on. In
+    memory only the last `keep` turns and barge-ins are kept.
     """
 
     def __init__(self, path: Path | None, keep: int = 10_000) -> None:
-        self.path = Path(path) if path else None
+        self.file = JsonLinesFile(path, "the metrics file")
         self.keep = keep
         self.turns: list[dict] = []
         self.barge_ins: list[dict] = []
         self.summary: dict = {}
         self._lock = threading.Lock()
-        self._dirty = False
-        self._failed = False
+        self._pending: list[dict] = []  # records not yet on disk
 
     def add(self, metrics: dict) -> None:
-        with self._lock:
-            self.turns.append(metrics)
-            del self.turns[: -self.keep]
-            self._dirty = True
+        self._record("turn", metrics, self.turns)
 
     def add_barge_in(self, record: dict) -> None:
+        self._record("barge_in", record, self.barge_ins)
+
+    def _record(self, kind: str, record: dict, kept: list[dict]) -> None:
         with self._lock:
-            self.barge_ins.append(record)
-            del self.barge_ins[: -self.keep]
-            self._dirty = True
+            kept.append(record)
+            del kept[: -self.keep]
+            self._pending.append({"kind": kind, **record})
+            del self._pending[: -self.keep]
 
     def set_summary(self, summary: dict) -> None:
         """Whole-session figures (echo cancellation and the like), written at exit."""
         with self._lock:
             self.summary = summary
-            self._dirty = True
+            self._pending.append({"kind": "summary", **summary})
         self.flush()
 
     def flush(self) -> None:
-        """Write what changed (control thread, and at exit)."""
+        """Append what is new (control thread, and at exit)."""
         with self._lock:
-            if self.path is None or self._failed or not self._dirty:
-                return
-            document = json.dumps({"turns": self.turns, "barge_ins": self.barge_ins, "summary": self.summary}, indent=1)
-            self._dirty = False
-            try:
-                write_private_atomically(self.path, document)
-            except OSError as exc:
-                self._failed = True
-                log.error("cannot write the metrics file %s (%s); not writing it any more", self.path, exc.strerror or exc)
+            pending, self._pending = self._pending, []
+        self.file.write(*pending)
+
+    def close(self) -> None:
+        self.flush()
+        self.file.close()
 
 
-def write_private_atomically(path: Path, text: str) -> None:
-    """Replace `path` by `text`: a new 0600 file with a unique name in the same folder, fsynced, renamed."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def read_metrics(path: Path) -> dict:
+    """A `--metrics-json` file as {"turns": [...], "barge_ins": [...], "summary": {...}}."""
+    document: dict = {"turns": [], "barge_ins": [], "summary": {}}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        kind = record.pop("kind")
+        if kind == "summary":
+            document["summary"] = record
+        else:
+            document[{"turn": "turns", "barge_in": "barge_ins"}[kind]].append(record)
+    return document
 
 
-class TranscriptFile:
+class TranscriptFile(JsonLinesFile):
     """JSON lines, one per finished turn, appended, flushed and fsynced at once; readable by the user only.
 
     Written on the control thread. A disk that fails costs one log line and the transcript is no
     longer written; the conversation goes on."""
 
     def __init__(self, path: Path | None) -> None:
-        self.path = Path(path) if path else None
-        self._lock = threading.Lock()
-        self._failed = False
-        if self.path is not None:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._file = os.fdopen(fd, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        if self.path is None:
-            return
-        with self._lock:
-            if self._failed:
-                return
-            try:
-                self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            except OSError as exc:
-                self._failed = True
-                log.error("cannot write the transcript %s (%s); not writing it any more", self.path, exc.strerror or exc)
-
-    def close(self) -> None:
-        if self.path is not None:
-            with self._lock:
-                with contextlib.suppress(OSError):  # the last write already said why it failed
-                    self._file.close()
+        super().__init__(path, "the transcript")

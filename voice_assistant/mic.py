@@ -18,27 +18,24 @@ import numpy as np
 
 from .audio_io import INPUT_RATE_HZ
 from .endpointing import UtteranceTracker
+from .files import StreamingWav
 
 log = logging.getLogger(__name__)
 
 
 class MicRecording:
-    """--record-mic: the microphone before and after echo cancellation, written as a stereo WAV at close."""
+    """--record-mic: the microphone before (left) and after (right) echo cancellation, a stereo WAV
+    streamed to disk as it is heard (0600), by the `record-mic` thread."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (raw, cleaned); audio-in thread only
+        self.wav = StreamingWav(path, INPUT_RATE_HZ, channels=2, name="record-mic")  # SetupError if unwritable
 
     def add(self, raw: np.ndarray, cleaned: np.ndarray) -> None:
-        self._chunks.append((raw, cleaned))
+        self.wav.add(np.stack([raw, cleaned], axis=1))
 
     def write(self) -> None:
-        from .wavio import write_wav
-
-        if self._chunks:
-            raw = np.concatenate([r for r, _ in self._chunks])
-            clean = np.concatenate([c for _, c in self._chunks])
-            write_wav(self.path, np.stack([raw, clean], axis=1), INPUT_RATE_HZ)
+        """At exit: what is still queued, then the file closed."""
+        self.wav.close()
 
 
 class MicrophoneChain:

@@ -25,6 +25,7 @@ class QueueWorker:
         self._handle = handle
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     def put(self, item) -> None:
         """Any thread: queue `item` for the worker."""
@@ -40,6 +41,7 @@ class QueueWorker:
 
     def stop(self) -> None:
         """Ask the loop to end after the items already queued (non-blocking)."""
+        self._stopped = True
         self._queue.put(STOP)
 
     def join(self, timeout_s: float) -> None:
@@ -48,6 +50,15 @@ class QueueWorker:
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def died(self) -> bool:
+        """The thread ended without being asked to (what the device monitor asks)."""
+        return not self._stopped and self._thread is not None and not self._thread.is_alive()
+
+    def restart(self) -> None:
+        """The thread died of something its loop could not catch: a new one takes the same queue."""
+        if not self._stopped:
+            self.start()
 
     def run(self) -> None:
         """The loop: until STOP, hand each item to `handle`, logging and surviving its failures."""
@@ -62,3 +73,17 @@ class QueueWorker:
                 log.exception("%s: handling %r failed", self.name, item)
             finally:
                 self._queue.task_done()
+
+
+def log_thread_deaths() -> None:
+    """An exception that ends a thread is one log line naming the thread (the traceback at DEBUG),
+    not a traceback on the terminal; the device monitor restarts the threads it watches."""
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "a"
+        log.error("the %s thread failed: %s: %s", name, args.exc_type.__name__, args.exc_value)
+        log.debug("the %s thread failed", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    threading.excepthook = hook
