@@ -165,6 +165,7 @@ class VoiceConversationSystem:
         self._closed = True
         deadline = time.monotonic() + limit_s
         self._stopping.set()
+        self.defense.closing.set()
         if self.source is not None:
             self.source.close()
         self.summarizer.abort()
@@ -182,6 +183,7 @@ class VoiceConversationSystem:
         workers += [self.speculation.worker] if self.speculation is not None else []
         for joinable in [*workers, *self._threads, self.summarizer]:
             joinable.join(max(0.05, deadline - time.monotonic()) / 2)
+        self.defense.close(timeout_s=max(1.0, deadline - time.monotonic()))  # torch must not be mid-call at exit
         self.sink.close()
         self.client.close()
         if self.mic is not None:
@@ -639,7 +641,7 @@ def main(argv=None) -> int:
     launch_t = time.monotonic()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    system = None
+    system, error = None, None
     try:
         system = VoiceConversationSystem.from_config(config)
         system.start()
@@ -650,13 +652,15 @@ def main(argv=None) -> int:
         else:
             stop.wait()
     except VoiceAssistantError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        error = str(exc)
     except KeyboardInterrupt:
         pass
     finally:
         if system is not None:
-            system.close()
+            system.close()  # every part stopped, in order, before the last line and the exit
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -209,3 +209,23 @@ def test_simulate_echo_needs_file_mode():
     result = run("--simulate-echo")
     assert result.returncode == 2
     assert_one_line_error(result, "file mode")
+
+
+def test_an_error_after_every_part_has_started_stops_them_all_and_is_the_last_line(speech_wav, tmp_path):
+    """A start that fails late (here the --record-mic folder is missing, found after the models, the
+    recognizer and the own-voice enrollment started) once died of SIGABRT ("terminate called without
+    an active exception", exit 134) in about one run of three: native threads still running at
+    interpreter exit. Every part is now stopped in order before the error line, which is the last."""
+    from fake_llama_server import FakeLlamaServer
+
+    with FakeLlamaServer() as server:
+        for _ in range(4):
+            result = subprocess.run(
+                [sys.executable, str(PROGRAM), "--input-wav", str(speech_wav), "--output-wav", str(tmp_path / "o.wav"),
+                 "--llm-url", server.url, "--record-mic", str(tmp_path / "missing" / "mic.wav")],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120, cwd=ROOT,
+            )  # fmt: skip
+            lines = [line for line in result.stdout.splitlines() if line.strip()]
+            assert result.returncode == 1, result.stdout
+            assert lines[-1].startswith("error: cannot write") and "mic.wav" in lines[-1], result.stdout
+            assert "terminate called" not in result.stdout and "Traceback" not in result.stdout

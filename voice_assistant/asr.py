@@ -142,7 +142,9 @@ class SpeechRecognizer:
     def create(cls, config: ASRConfig, transcriber, utterance_end: Callable[[], float]) -> "SpeechRecognizer":
         """`transcriber`: anything with RealtimeSTT's executor `transcribe()` (WhisperTranscriber, CachingExecutor)."""
         from RealtimeSTT import AudioToTextRecorder
+        from RealtimeSTT.core import shutdown
 
+        shutdown.print = lambda *args, **kwargs: None  # its only print: a red "RealtimeSTT shutting down" at every exit
         recognizer = cls(utterance_end)
         recognizer._recorder = AudioToTextRecorder(
             model=config.model,

@@ -178,12 +178,19 @@ def build_defense(config: Config, synthesizer, speaker=None):
         def enroll_own_voice() -> None:
             """voice-enroll thread: about 2 s of synthesis and encoder loading, beside start-up.
 
-            Until it is done the own-voice check is skipped (guard.assistant stays None)."""
+            Until it is done the own-voice check is skipped (guard.assistant stays None). Stops
+            between steps once `defense.close()` asks: torch must not be mid-call at exit."""
             rate = synthesizer.sample_rate_hz
-            clips = [(synthesizer.synthesize_all(text), rate) for text in guard.ASSISTANT_SENTENCES]
-            guard.enroll_assistant(clips)
+            clips = []
+            for text in guard.ASSISTANT_SENTENCES:
+                if defense.closing.is_set():
+                    return
+                clips.append((synthesizer.synthesize_all(text), rate))
+            if not defense.closing.is_set():
+                guard.enroll_assistant(clips)
 
-        threading.Thread(target=enroll_own_voice, name="voice-enroll", daemon=True).start()
+        defense.enrollment = threading.Thread(target=enroll_own_voice, name="voice-enroll", daemon=True)
+        defense.enrollment.start()
         defense.own_voice = guard
     if speaker is not None:
         import voiceprint
@@ -251,26 +258,31 @@ def build_components(config: Config) -> dict:
         out_dir = Path(audio.output_wav).resolve().parent
         if not out_dir.is_dir():
             raise SetupError(f"cannot write {audio.output_wav}: folder {out_dir} does not exist")
-    synthesizer = PiperSynthesizer.load(Path(config.voice.tts_model) if config.voice.tts_model else default_tts_model(),
-                                        config.voice.tts_threads)  # fmt: skip
-    asr_config = ASRConfig(
-        model=resolve_asr_model(speech.asr_model),
-        threads=speech.asr_threads,
-        end_of_speech_silence_s=speech.end_of_speech_silence_ms / 1000.0,
-        early_transcription_ms=0,
-    )
-    transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size)
-    transcript = TranscriptFile(Path(config.logging.transcript)) if config.logging.transcript else None
-    metrics = MetricsFile(Path(config.logging.metrics_json)) if config.logging.metrics_json else None
-    client, server, llm_ready = start_llm(config, keep_listening=not file_mode)
-    log.info("language model: %s", client.active.describe())
+    undo: list = []  # what was started so far, stopped in reverse order if a later step fails
     try:
+        synthesizer = PiperSynthesizer.load(Path(config.voice.tts_model) if config.voice.tts_model
+                                            else default_tts_model(), config.voice.tts_threads)  # fmt: skip
+        asr_config = ASRConfig(
+            model=resolve_asr_model(speech.asr_model),
+            threads=speech.asr_threads,
+            end_of_speech_silence_s=speech.end_of_speech_silence_ms / 1000.0,
+            early_transcription_ms=0,
+        )
+        transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size)
+        transcript = TranscriptFile(Path(config.logging.transcript)) if config.logging.transcript else None
+        undo += [transcript.close] if transcript else []
+        metrics = MetricsFile(Path(config.logging.metrics_json)) if config.logging.metrics_json else None
+        undo += [metrics.close] if metrics else []
+        client, server, llm_ready = start_llm(config, keep_listening=not file_mode)
+        undo += [client.close] + ([server.close] if server is not None else [])
+        log.info("language model: %s", client.active.describe())
         if file_mode:
             sink = WavFileSink(Path(audio.output_wav), synthesizer.sample_rate_hz, audio.block_ms)
         else:
             sink = SpeakerSink(find_device(audio.output_device, "output"), synthesizer.sample_rate_hz, audio.block_ms)
             source = MicrophoneSource(find_device(audio.input_device, "input"))
         defense = build_defense(config, synthesizer, speaker)  # its own-voice enrollment runs beside the rest
+        undo.append(lambda: defense.close(timeout_s=10.0))
         synthesizer.warm_up()
         transcriber.warm_up()
         supervisor = LLMSupervisor(client, server)
@@ -286,12 +298,15 @@ def build_components(config: Config) -> dict:
             speculation = SpeculativeTranscriber(transcriber, cache)
             executor = CachingExecutor(transcriber, cache.lookup)
         recognizer = SpeechRecognizer.create(asr_config, executor, lambda: tracker.last_speech_end_t)
+        undo.append(lambda: recognizer.shutdown(timeout_s=10.0))
         mic = build_mic_chain(config, file_mode, tracker, recognizer)
         devices = monitored(output=sink, input=source)
     except BaseException:
-        client.close()
-        if server is not None:
-            server.close()
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception:  # stopping the rest matters more than one part's failure to stop
+                log.debug("stopping a part after a failed start failed", exc_info=True)
         raise
     return dict(
         client=client, synthesizer=synthesizer, sink=sink, source=source, mic=mic, recognizer=recognizer,

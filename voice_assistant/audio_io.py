@@ -23,7 +23,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import AudioDeviceError
-from .wavio import read_wav, resample, write_wav
+from .files import StreamingWav
+from .wavio import read_wav, resample
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class WavFileSink(AudioSink):
     def __init__(self, path: Path, sample_rate_hz: int, block_ms: int) -> None:
         super().__init__(sample_rate_hz, block_ms)
         self.path = Path(path)
-        self._blocks: list[np.ndarray] = []
+        self._wav: StreamingWav | None = None  # opened at start(): the file grows as it plays, not in memory
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
@@ -165,6 +166,7 @@ class WavFileSink(AudioSink):
 
     def start(self, t0: float) -> None:
         self._t0 = t0
+        self._wav = StreamingWav(self.path, self.sample_rate_hz, channels=1, name="wav-sink-writer")
         self._thread = threading.Thread(target=self._run, name="wav-sink", daemon=True)
         self._thread.start()
 
@@ -177,7 +179,7 @@ class WavFileSink(AudioSink):
                 break
             block = self._next_block(play_t)
             samples = self._silence if block is None else block
-            self._blocks.append(samples)
+            self._wav.add(samples[:, None])
             if self.played_listener is not None:
                 self.played_listener(samples, play_t)
             cursor += self.block_frames
@@ -187,9 +189,9 @@ class WavFileSink(AudioSink):
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
-        if self._blocks:
-            write_wav(self.path, np.concatenate(self._blocks), self.sample_rate_hz)
-            self._blocks = []
+        if self._wav is not None:
+            self._wav.close()
+            self._wav = None
 
 
 def _close_stream(stream) -> None:

@@ -8,7 +8,8 @@ with itself. Echo cancellation itself happens earlier, in the microphone chain (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +26,14 @@ class SelfSpeechDefense:
     loop_breaker: object = None  # guards.LoopBreaker: repeated self-similar turns
     speaker_lock: bool = False  # answer only the enrolled user's voice
     own_voice_tail_s: float = 3.0  # check voices during playback and this long after it, in seconds
+    enrollment: threading.Thread | None = None  # the own-voice enrollment, running beside start-up
+    closing: threading.Event = field(default_factory=threading.Event)
+
+    def close(self, timeout_s: float) -> None:
+        """Stop the own-voice enrollment between its steps and wait for it (native code must not run at exit)."""
+        self.closing.set()
+        if self.enrollment is not None:
+            self.enrollment.join(timeout_s)
 
     def rejects(self, text: str, start_t: float, end_t: float, audio: np.ndarray | None, recently_played: bool) -> str:
         """Why an utterance must not be answered ('' if it may). `recently_played`: the assistant was

@@ -126,7 +126,8 @@ class MicrophoneChain:
             stats = self.canceller.stats()
             if metrics is not None:
                 metrics.set_summary({"echo": {k: getattr(stats, k) for k in stats.__dataclass_fields__}})
-            log.info("echo cancellation: %s dB echo reduction, %.1f ms CPU per audio second",
-                     stats.erle_db if stats.erle_db is None else round(stats.erle_db, 1), stats.cpu_ms_per_audio_s)  # fmt: skip
+            if stats.audio_s > 0:  # nothing to say about a session that heard nothing
+                log.info("echo cancellation: %s dB echo reduction, %.1f ms CPU per audio second",
+                         stats.erle_db if stats.erle_db is None else round(stats.erle_db, 1), stats.cpu_ms_per_audio_s)  # fmt: skip
         if self.recording is not None:
             self.recording.write()
