@@ -24,6 +24,8 @@ import psutil
 import pytest
 import soundfile
 
+from pulse import couple_speaker_into_microphone, start_pulse, use_null_sinks
+from pulse import pulse_env as private_pulse_env
 from speech import say, voiced_spans
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,42 +33,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.live]
 STARTED: dict[str, subprocess.Popen | None] = {"pulse": None}  # the daemon this module runs
 
 
-def pulse_command(runtime: Path) -> list[str]:
-    """A user-mode daemon whose state and socket live in `runtime` (not the machine's sound server)."""
-    return [
-        "pulseaudio", "--daemonize=no", "--use-pid-file=no", "--disallow-exit", "--exit-idle-time=-1",
-        "--disable-shm=yes", "-n", "--load=module-null-sink sink_name=spk", "--load=module-null-sink sink_name=micbus",
-        "--load=module-default-device-restore",  # a restarted daemon comes back with spk / micbus.monitor
-        f"--load=module-native-protocol-unix auth-anonymous=1 socket={runtime}/native",  # last: clients find it ready
-    ]  # fmt: skip
-
-
-def start_pulse(env: dict) -> subprocess.Popen:
-    runtime = Path(env["PULSE_RUNTIME_PATH"])
-    daemon = subprocess.Popen(pulse_command(runtime), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
-        assert time.monotonic() < deadline, "PulseAudio did not start"
-        time.sleep(0.1)
-    return daemon
-
-
-def use_null_sinks(env: dict) -> None:
-    sinks = subprocess.run(["pactl", "list", "short", "sinks"], env=env, capture_output=True, text=True).stdout
-    for name in ("spk", "micbus"):
-        if name not in sinks:
-            subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={name}"], env=env, check=True)
-    subprocess.run(["pactl", "set-default-sink", "spk"], env=env, check=True)
-    subprocess.run(["pactl", "set-default-source", "micbus.monitor"], env=env, check=True)
-
-
 @pytest.fixture(scope="module")
 def pulse_env(tmp_path_factory):
     if shutil.which("pulseaudio") is None:
         pytest.fail("pulseaudio is not installed: scripts/setup.sh installs it")
     runtime = tmp_path_factory.mktemp("pulse")
-    env = dict(os.environ, PULSE_SERVER=f"unix:{runtime}/native", PULSE_RUNTIME_PATH=str(runtime),
-               PULSE_STATE_PATH=str(runtime), PULSE_CONFIG_PATH=str(runtime))  # fmt: skip
+    env = private_pulse_env(runtime)
     STARTED["pulse"] = start_pulse(env)
     use_null_sinks(env)
     yield env
@@ -202,10 +174,7 @@ def test_speaker_coupled_into_microphone_does_not_make_it_answer_itself(pulse_en
 
     Unprotected (--no-aec --no-echo-guards) the same set-up must make it answer itself: the test bites.
     """
-    module = subprocess.run(
-        ["pactl", "load-module", "module-loopback", "source=spk.monitor", "sink=micbus", "latency_msec=50"],
-        env=pulse_env, capture_output=True, text=True, check=True,
-    ).stdout.strip()
+    module = couple_speaker_into_microphone(pulse_env, latency_ms=50)
     question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
     try:
         with assistant(pulse_env, "--max-reply-tokens", "60", "--metrics-json", str(tmp_path / "m.json"),

@@ -26,3 +26,6 @@ def test_hundred_turns_with_barge_ins(tmp_path):
     assert result["threads_end"] <= result["threads_after_warmup"] + 1
     assert result["rss_growth_mb"] < 50, result  # median of the last tenth against the first, after warm-up
     assert result["rss_peak_mb"] < 1024, result
+    assert result["server_rss_end_mb"] - result["server_rss_after_warmup_mb"] < 50, result
+    # --record-mic streams to disk (stereo 16-bit at 16 kHz: 64 kB a second), not into memory
+    assert result["file_sizes_mb"]["mic.wav"] > 0.9 * result["seconds"] * 64000 / 2**20, result
