@@ -44,6 +44,7 @@ chat_log = logging.getLogger("voice_assistant.chat")
 LLM_ERROR_REPLY = "Sorry, I could not get an answer from the language model."
 LLM_SLOW_REPLY = "Sorry, the language model is too slow right now."
 LLM_UNAVAILABLE_REPLY = "Sorry, the language model is not available right now. I am still listening."
+SAY_AGAIN_REPLY = "Sorry, we spoke at the same time. Could you say that again?"
 STOP_COMMANDS = frozenset(
     ["stop", "wait", "hold on", "pause", "quiet", "be quiet", "shut up", "stop it", "stop stop", "okay stop",
      "ok stop", "enough", "thats enough", "never mind", "nevermind", "cancel", "stop talking"]
@@ -250,7 +251,8 @@ class VoiceConversationSystem:
         elif is_stop_command(text):
             self._on_stop_command(text)
         else:
-            self._start_turn(text, job.speech_end_t, text_t, speculative=True)
+            start_t = job.speech_end_t - len(job.audio) / INPUT_RATE_HZ
+            self._start_turn(text, job.speech_end_t, text_t, True, self._fixed_reply(text, start_t, job.speech_end_t))
 
     def _on_endpoint(self, event: Endpoint) -> None:
         """Audio-in thread: the user's turn is over; play the speculative answer if it is ready."""
@@ -265,8 +267,7 @@ class VoiceConversationSystem:
                 self.speech.release(turn.turn_id)
         if promote:
             chat_log.info("You: %s", turn.user_text)
-            self._check_loop(turn)
-            if turn.loop_message and self._drop_active(turn):  # say the loop message instead
+            if self._check_loop(turn) and self._drop_active(turn):  # say the loop message instead
                 self.sink.clear()
                 self.submit_user_text(turn.user_text, turn.timings.speech_end_t, turn.timings.text_t)
         elif no_words:
@@ -287,7 +288,15 @@ class VoiceConversationSystem:
         elif is_stop_command(text):
             self._on_stop_command(text)
         else:
-            self.submit_user_text(text.strip(), speech_end_t, text_t)
+            self._start_turn(text.strip(), speech_end_t, text_t, False, self._fixed_reply(text, start_t, speech_end_t))
+
+    def _fixed_reply(self, text: str, start_t: float, end_t: float) -> str:
+        """What to say instead of asking the LLM about `text`, if anything."""
+        unclear = self.defense.unclear_talk_over(text, start_t, end_t)
+        if unclear:
+            log.info("%r: %s; asking again", text, unclear)
+            return SAY_AGAIN_REPLY
+        return ""
 
     def _on_stop_command(self, text: str) -> None:
         """'Stop', 'wait'...: the barge-in already silenced the reply; stay silent, do not resume."""
@@ -321,14 +330,17 @@ class VoiceConversationSystem:
         """Answer `text` as a new turn (any thread); returns its turn id."""
         return self._start_turn(text, speech_end_t, text_t, speculative=False)
 
-    def _start_turn(self, text: str, speech_end_t: float, text_t: float, speculative: bool) -> int:
-        """A new turn; a speculative one stays tentative (held) until its utterance's endpoint."""
+    def _start_turn(self, text: str, speech_end_t: float, text_t: float, speculative: bool,
+                    fixed_reply: str = "") -> int:  # fmt: skip
+        """A new turn; a speculative one stays tentative (held) until its utterance's endpoint.
+        With `fixed_reply` that is said instead of asking the LLM."""
         now = time.monotonic()
         text = fit_user_text(text)
         with self._lock:
             old = self._active
             turn = Turn(self.turns.advance(), text, TurnTimings(speech_end_t or now, text_t or now))
             turn.speculative = speculative
+            turn.fixed_reply = fixed_reply
             turn.tentative = speculative and self._endpoint_for != speech_end_t
             if turn.tentative:
                 self.speech.hold(turn.turn_id)
@@ -347,13 +359,16 @@ class VoiceConversationSystem:
         self.llm_worker.put(Respond(turn.turn_id))
         return turn.turn_id
 
-    def _check_loop(self, turn: Turn) -> None:
+    def _check_loop(self, turn: Turn) -> bool:
+        """True if the loop breaker stops `turn` (its fixed reply is then the loop message)."""
         breaker = self.defense.loop_breaker
         if breaker is not None:
             decision = breaker.user_turn(turn.user_text, time.monotonic())
             if decision.stop:
                 log.warning("conversation loop detected (%s): not answering", decision.reason)
-                turn.loop_message = decision.message
+                turn.fixed_reply = decision.message
+                return True
+        return False
 
     def _cancel_tentative(self) -> None:
         with self._lock:
@@ -390,6 +405,7 @@ class VoiceConversationSystem:
         self._stop_turn(turn, reason="barge-in")
         with self._lock:
             self.defense.note_cut(turn)
+            self.defense.talked_over_t = onset_t or decision_t
             record = barge_in_record(turn.turn_id, onset_t, decision_t, turn.timings.last_block_end_t,
                                      len(words_in(turn.heard_text())), self.t0)  # fmt: skip
         self.metrics.add_barge_in(record)
@@ -456,8 +472,8 @@ class VoiceConversationSystem:
             else:
                 self._speak_reply(turn, prompt, continuation=True)
             return
-        if turn.loop_message:
-            self._emit_error_reply(turn, turn.loop_message)
+        if turn.fixed_reply:
+            self._emit_error_reply(turn, turn.fixed_reply)
             return
         if self.supervisor is not None and not self.supervisor.wait_settled():
             self._emit_error_reply(turn, LLM_UNAVAILABLE_REPLY)

@@ -58,6 +58,8 @@ def test_defaults_match_the_previous_argparse_defaults():
         # other servers (issue 12)
         "llm_api": "auto", "llm_model_name": None, "llm_fallback_url": (), "llm_api_key_env": None,
         "allow_insecure_key": False, "llm_reply_limit_s": 120,
+        # reliability (issue 13)
+        "talk_over_min_logprob": -0.5,
     }  # fmt: skip
     assert Config().flat() == expected
     config, actions = parse_command_line([])

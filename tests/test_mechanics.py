@@ -168,3 +168,14 @@ def test_a_slow_prompt_is_not_taken_for_a_hang(caplog):
         assert supervisor.wait_settled(10.0)
         assert process.started_on == [] and supervisor.restart_count == 0
         assert "slow, not hung" in caplog.text
+
+
+def test_transcript_scores_are_found_whatever_the_punctuation_and_kept_bounded():
+    from voice_assistant.asr import TranscriptScores
+
+    scores = TranscriptScores(keep=2)
+    scores.record(" Right in the high blue.", -0.61)
+    assert scores.score_of("right in the High blue") == -0.61  # RealtimeSTT may change case and punctuation
+    scores.record("two", -0.1)
+    scores.record("three", -0.2)
+    assert scores.score_of("Right in the high blue.") is None and scores.score_of("three") == -0.2

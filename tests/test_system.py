@@ -7,7 +7,9 @@ stand in for Piper and the speaker. Steps are ordered with gates and events, nev
 from __future__ import annotations
 
 import threading
+import time
 
+import numpy as np
 import pytest
 
 from asr_llm_tts import LLM_ERROR_REPLY
@@ -344,5 +346,45 @@ def test_stop_command_silences_without_answering_or_resuming(server):
         h.sink.play_all()
         assert len(server.completion_bodies) == 1  # "stop" was not sent to the model
         assert {b.turn_id for b in h.sink.played} == {turn}  # and nothing resumed
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("score, talked_over, asks_again", [(-0.62, True, True), (-0.2, True, False),
+                                                            (-0.62, False, False)])  # fmt: skip
+def test_an_unclear_utterance_that_talked_over_the_assistant_is_asked_again(server, score, talked_over, asks_again):
+    """Spoken over, the user's first words reach the recogniser damaged (live: "Why is the sky
+    blue?" became "Right in the high blue."). Such a transcript, recognised with low confidence,
+    gets "could you say that again?" instead of an answer to words the user never said; a clear
+    one is answered, and so is an unclear one spoken in the clear (that is issue 10's to judge)."""
+    from asr_llm_tts import SAY_AGAIN_REPLY
+    from voice_assistant.asr import TranscriptScores
+    from voice_assistant.defense import SelfSpeechDefense
+
+    scores = TranscriptScores()
+    h = Harness(server.url, mic=True, defense=SelfSpeechDefense(scores=scores, talk_over_min_logprob=-0.5))
+    try:
+        gate = threading.Event()
+        server.script(Reply(pieces=["Talking on and on.", " more"], gates={1: gate}))
+        turn = h.system.submit_user_text("tell me a story")
+        assert server.wait_until_blocked(gate)
+        start = time.monotonic()
+        if talked_over:
+            h.pause(20, h.speak(12, start))  # 384 ms of speech while it talks (a barge-in), then silence
+            assert not h.system.turns.is_current(turn)
+        gate.set()
+        if not talked_over:
+            h.play_reply(turn)
+        h.wait_idle()
+        asked = len(server.completion_bodies)
+        scores.record("Right in the high blue.", score)
+        server.script(Reply(pieces=["An answer."]))
+        h.system.on_final_text("Right in the high blue", start + 1.2, time.monotonic(), np.zeros(24000, np.float32))
+        wait_until(lambda: h.system.active_turn() is not None)
+        h.play_reply(h.system.active_turn().turn_id)
+        h.wait_idle()
+        assert h.synth.spoken[-1] == (SAY_AGAIN_REPLY if asks_again else "An answer.")
+        assert len(server.completion_bodies) == asked + (0 if asks_again else 1)  # the LLM never saw the garble
+        assert h.system.history.exchanges()[-1].user == "Right in the high blue"
     finally:
         h.close()

@@ -8,7 +8,9 @@ ourselves, so live mode and file mode take the same path).
 
 from __future__ import annotations
 
+import collections
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -51,12 +53,39 @@ class ASRConfig:
     early_transcription_ms: int = 0  # >0: transcribe this long into the end-of-speech silence
 
 
+class TranscriptScores:
+    """How sure the recogniser was of each recent transcript: its lowest segment mean log-probability
+    per token, by text (the last `keep`). Written by the transcriber, read by the policy."""
+
+    def __init__(self, keep: int = 32) -> None:
+        self.keep = keep
+        self._scores: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(text: str) -> str:
+        """Words only: RealtimeSTT may change case, spaces and the final punctuation."""
+        return " ".join(re.findall(r"\w+", text.lower()))
+
+    def record(self, text: str, score: float) -> None:
+        with self._lock:
+            self._scores[self.key(text)] = score
+            self._scores.move_to_end(self.key(text))
+            while len(self._scores) > self.keep:
+                self._scores.popitem(last=False)
+
+    def score_of(self, text: str) -> float | None:
+        with self._lock:
+            return self._scores.get(self.key(text))
+
+
 class WhisperTranscriber:
     """faster-whisper model; the RealtimeSTT `transcription_executor` interface."""
 
-    def __init__(self, model, beam_size: int = 1) -> None:
+    def __init__(self, model, beam_size: int = 1, scores: TranscriptScores | None = None) -> None:
         self._model = model
         self._beam_size = beam_size
+        self.scores = scores or TranscriptScores()
         self._lock = threading.Lock()
 
     @classmethod
@@ -83,7 +112,11 @@ class WhisperTranscriber:
                 condition_on_previous_text=False, without_timestamps=True,
                 temperature=0.0,  # no temperature fallback: it re-decodes up to 5 times (0.2 s -> 0.7 s+)
             )  # fmt: skip
-            return " ".join(segment.text.strip() for segment in segments).strip()
+            segments = list(segments)
+            text = " ".join(segment.text.strip() for segment in segments).strip()
+            if text:
+                self.scores.record(text, min(segment.avg_logprob for segment in segments))
+            return text
 
     def transcribe(self, audio, language=None, use_prompt=True, **options):
         """RealtimeSTT executor entry point (called on a RealtimeSTT worker thread)."""

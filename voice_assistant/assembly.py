@@ -159,13 +159,14 @@ def load_speaker_lock(name: str):
         raise SetupError(f"--speaker-lock: {exc}; enroll with: python -m voiceprint enroll {name} --mic") from None
 
 
-def build_defense(config: Config, synthesizer, speaker=None):
-    """The self-speech guards the flags ask for (echo cancellation is part of the microphone chain)."""
+def build_defense(config: Config, synthesizer, speaker=None, scores=None):
+    """The self-speech guards the flags ask for (echo cancellation is part of the microphone chain);
+    `scores`: the recogniser's `asr.TranscriptScores`, for the talk-over check."""
     from .defense import SelfSpeechDefense
     from .guards import EchoTranscriptGuard, LoopBreaker, OwnVoiceGuard
 
     echo = config.echo
-    defense = SelfSpeechDefense()
+    defense = SelfSpeechDefense(scores=scores, talk_over_min_logprob=config.barge_in.talk_over_min_logprob)
     if echo.echo_guards:
         defense.transcript_guard = EchoTranscriptGuard()
         defense.loop_breaker = LoopBreaker()
@@ -269,6 +270,7 @@ def build_components(config: Config) -> dict:
             early_transcription_ms=0,
         )
         transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size)
+        scores = transcriber.scores
         transcript = TranscriptFile(Path(config.logging.transcript)) if config.logging.transcript else None
         undo += [transcript.close] if transcript else []
         metrics = MetricsFile(Path(config.logging.metrics_json)) if config.logging.metrics_json else None
@@ -281,7 +283,7 @@ def build_components(config: Config) -> dict:
         else:
             sink = SpeakerSink(find_device(audio.output_device, "output"), synthesizer.sample_rate_hz, audio.block_ms)
             source = MicrophoneSource(find_device(audio.input_device, "input"))
-        defense = build_defense(config, synthesizer, speaker)  # its own-voice enrollment runs beside the rest
+        defense = build_defense(config, synthesizer, speaker, scores)  # its own-voice enrollment runs beside the rest
         undo.append(lambda: defense.close(timeout_s=10.0))
         synthesizer.warm_up()
         transcriber.warm_up()

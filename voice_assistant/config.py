@@ -160,6 +160,9 @@ class BargeInConfig:
     barge_in_min_speech_ms: int = option(200, "speech needed to interrupt, in milliseconds (coughs and clicks are "
                                               "shorter)", min=1, metavar="MS")
     resume_after_false_interruption: bool = option(True, "resume a reply interrupted by a sound without words")
+    talk_over_min_logprob: float = option(-0.5, "an utterance that talked over the assistant, transcribed with a lower "
+                                                "mean log-probability per token, is not answered: the assistant asks "
+                                                "again (-10 turns this off)", min=-10.0, max=0.0, metavar="NATS")
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ class LoggingConfig:
     title: ClassVar[str] = "logging and records"
 
     transcript: str | None = option(None, "append each turn as a JSON line to this file", metavar="PATH")
-    metrics_json: str | None = option(None, "write per-turn timings to this JSON file", metavar="PATH")
+    metrics_json: str | None = option(None, "append per-turn timings to this file as JSON lines", metavar="PATH")
     server_log: str | None = option(None, "llama-server log file (default: "
                                           "~/.local/state/voice-assistant/llama-server.log)", metavar="PATH")
     log_level: str = option("INFO", "how much to log to the terminal", choices=("DEBUG", "INFO", "WARNING", "ERROR"))

@@ -26,6 +26,9 @@ class SelfSpeechDefense:
     loop_breaker: object = None  # guards.LoopBreaker: repeated self-similar turns
     speaker_lock: bool = False  # answer only the enrolled user's voice
     own_voice_tail_s: float = 3.0  # check voices during playback and this long after it, in seconds
+    scores: object = None  # asr.TranscriptScores: how sure the recogniser was of each recent transcript
+    talk_over_min_logprob: float = -0.5  # --talk-over-min-logprob
+    talked_over_t: float = 0.0  # onset of the latest barge-in (monotonic seconds)
     enrollment: threading.Thread | None = None  # the own-voice enrollment, running beside start-up
     closing: threading.Event = field(default_factory=threading.Event)
 
@@ -55,6 +58,22 @@ class SelfSpeechDefense:
             if check.is_own:
                 return f"the assistant's own voice (score {check.own_score:.2f})"
         return ""
+
+    def unclear_talk_over(self, text: str, start_t: float, end_t: float) -> str:
+        """Why an utterance that talked over the assistant is too unclear to answer ('' if it is not).
+
+        While both speak, the echo canceller's suppressor takes 2 to 6 dB and whole bands off the
+        user's first words (measured live through PulseAudio, scripts/bench_live_echo.py), and the
+        recogniser turns "Why is the sky blue?" into "Right in the high blue." Its own mean
+        log-probability tells: 0.53 to 0.77 nats per token below zero for such utterances, 0.1
+        to 0.4 for the same questions asked in the clear. A person would ask again; so does this."""
+        onset = self.talked_over_t
+        if self.scores is None or not onset or not start_t - 0.5 <= onset <= end_t:
+            return ""
+        score = self.scores.score_of(text)
+        if score is None or score >= self.talk_over_min_logprob:
+            return ""
+        return f"it talked over the assistant and is unclear (mean log-probability {score:.2f})"
 
     def note_block(self, turn, block, play_t: float, end_t: float) -> None:
         """Playback thread: `block` of `turn` (a turns.Turn) sounds from `play_t` to `end_t`; the

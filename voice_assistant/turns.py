@@ -59,7 +59,7 @@ class TurnTimings:
 class Turn:
     """The turn being answered. Its fields are written under `VoiceConversationSystem._lock`, except:
     `raw_text`, `prompt`, `llm`, `llm_done`, `retried`, `timings.llm_start_t` and
-    `timings.first_token_t`, which only the LLM thread writes, and `loop_message`, written once by
+    `timings.first_token_t`, which only the LLM thread writes, and `fixed_reply`, written once by
     the thread that starts the turn or promotes a speculative one (which is then dropped and the
     text submitted again as a new turn, so the LLM thread never sees it change)."""
 
@@ -75,7 +75,7 @@ class Turn:
     playback_done: bool = False
     committed: bool = False
     resumed_from: int = 0  # turn id this reply continues after a false interruption
-    loop_message: str = ""  # the loop breaker stopped this turn: say this instead of asking the LLM
+    fixed_reply: str = ""  # say this instead of asking the LLM (a conversation loop, an unclear talk-over)
     retried: bool = False  # asked again with a shorter history after a context overflow
     speculative: bool = False  # transcribed and started during the end-of-turn silence
     tentative: bool = False  # started before the end of turn: its audio is held, not played
