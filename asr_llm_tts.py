@@ -87,6 +87,7 @@ class VoiceConversationSystem:
         server=None,  # llama_server.LlamaServerProcess we started, stopped at close
         transcript: TranscriptFile | None = None,
         metrics: MetricsFile | None = None,
+        cues=None,  # cues.Cues: a tone when the user's turn is heard and when thinking starts
     ) -> None:
         self.config = config
         self.client = client
@@ -101,6 +102,7 @@ class VoiceConversationSystem:
         self.server = server
         self.transcript = transcript or TranscriptFile(None)
         self.metrics = metrics or MetricsFile(None)
+        self.cues = cues
         self.turns = TurnCounter()
         self.history = History(config.llm.history_trim_threshold)
         self.summarizer = HistorySummarizer.from_config(client, self.history, config.llm)
@@ -217,13 +219,21 @@ class VoiceConversationSystem:
             if isinstance(event, SpeechStart):
                 self._cancel_tentative()  # the user goes on talking: the speculative answer is moot
             elif isinstance(event, SpeechLong):
-                if self.config.barge_in.barge_in and not self.mic.echo_unsafe():
-                    self.interrupt(onset_t=event.onset_t, decision_t=event.decision_t)
+                speaking = self._assistant_speaking()
+                interrupted = (self.config.barge_in.barge_in and not self.mic.echo_unsafe()
+                               and self.interrupt(onset_t=event.onset_t, decision_t=event.decision_t))  # fmt: skip
+                if self.cues is not None and (interrupted or not speaking):
+                    self.cues.heard()
             elif isinstance(event, PauseSnapshot):
                 if self.speculation is not None:
                     self.speculation.submit(event)
             elif isinstance(event, Endpoint):
                 self._on_endpoint(event)
+
+    def _assistant_speaking(self) -> bool:
+        with self._lock:
+            turn = self._active
+            return turn is not None and bool(turn.timings.first_audio_t) and not turn.playback_done
 
     def _rejects(self, text: str, start_t: float, end_t: float, audio) -> str:
         with self._lock:
@@ -267,6 +277,8 @@ class VoiceConversationSystem:
                 self.speech.release(turn.turn_id)
         if promote:
             chat_log.info("You: %s", turn.user_text)
+            if self.cues is not None and not turn.timings.first_audio_ready_t:
+                self.cues.thinking()  # the held answer is not ready yet: say that it is coming
             if self._check_loop(turn) and self._drop_active(turn):  # say the loop message instead
                 self.sink.clear()
                 self.submit_user_text(turn.user_text, turn.timings.speech_end_t, turn.timings.text_t)
@@ -355,6 +367,8 @@ class VoiceConversationSystem:
         self.summarizer.abort()
         if not turn.tentative:
             chat_log.info("You: %s", text)
+            if self.cues is not None:
+                self.cues.thinking()
             self._check_loop(turn)
         self.llm_worker.put(Respond(turn.turn_id))
         return turn.turn_id
@@ -654,17 +668,41 @@ def main(argv=None) -> int:
         from voice_assistant.selftest import run_self_test
 
         return run_self_test(config)
+    return converse(config)
+
+
+def converse(config) -> int:
+    """The conversation, until Ctrl-C, SIGTERM, the end of file mode's input or of piped --text input.
+
+    On a terminal (and without --plain) the live view shows it and typed lines are turns too; with
+    --text typing is the only way in."""
+    from voice_assistant.console import ConsoleView, Keyboard
+
     launch_t = time.monotonic()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    system, error = None, None
+    system = keyboard = view = error = None
+    live = config.audio.input_wav is None
     try:
         system = VoiceConversationSystem.from_config(config)
         system.start()
+        if live and (config.console.text or sys.stdin.isatty()):
+            def answer_then_wait(text: str) -> None:  # a piped line waits for the answer to the one before
+                system.submit_user_text(text)
+                wait_until_idle(system, stop)
+
+            keyboard = Keyboard(system.submit_user_text if sys.stdin.isatty() else answer_then_wait)
+            keyboard.start()
+        if live and sys.stdout.isatty() and not config.console.plain:
+            view = ConsoleView(system, keyboard=keyboard)
+            view.start()
+        how = "type a line and press Enter" if config.console.text else "speak"
         log.info("listening (ready %.1f s after launch)%s", time.monotonic() - launch_t,
-                 "" if config.audio.input_wav else "; press Ctrl-C to quit")  # fmt: skip
-        if config.audio.input_wav:
+                 f"; {how}; press Ctrl-C to quit" if live else "")  # fmt: skip
+        if not live:
             wait_for_file_mode(system, stop)  # Ctrl-C (KeyboardInterrupt) or SIGTERM end it early
+        elif keyboard is not None and not keyboard.interactive and config.console.text:
+            wait_for_piped_text(system, keyboard, stop)
         else:
             stop.wait()
     except VoiceAssistantError as exc:
@@ -672,6 +710,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        for part in (view, keyboard):
+            if part is not None:
+                part.stop()  # the terminal as it was, before anything else is printed
         if system is not None:
             system.close()  # every part stopped, in order, before the last line and the exit
     if error is not None:
@@ -679,6 +720,20 @@ def main(argv=None) -> int:
         return 1
     return 0
 
+
+def wait_for_piped_text(system, keyboard, stop: threading.Event) -> None:
+    """--text from a pipe: until its lines are read and the last one is answered."""
+    while not keyboard.ended.is_set() and not stop.wait(0.1):
+        pass
+    wait_until_idle(system, stop)
+
+
+def wait_until_idle(system, stop: threading.Event, limit_s: float = 600.0) -> None:
+    """Until `system` has been idle for half a second (the turn answered and spoken), `stop` or `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    settled = 0
+    while settled < 10 and time.monotonic() < deadline and not stop.wait(0.05):
+        settled = settled + 1 if system.is_idle() else 0
 
 if __name__ == "__main__":
     sys.exit(main())

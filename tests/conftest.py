@@ -31,6 +31,7 @@ from fakes import FakeAudioSink, FakeSynthesizer, FakeTranscriber, FakeVAD  # no
 from voice_assistant.assembly import build_tracker  # noqa: E402
 from voice_assistant.audio_io import AudioBlock  # noqa: E402
 from voice_assistant.backends import BackendChain, detect_api  # noqa: E402
+from voice_assistant.cues import Cues  # noqa: E402
 from voice_assistant.config import make_config  # noqa: E402
 from voice_assistant.llm_client import LlamaClient  # noqa: E402
 from voice_assistant.mic import MicrophoneChain  # noqa: E402
@@ -86,13 +87,13 @@ class Harness:
     `mic`: a microphone chain with FakeVAD, fed through `speak()`/`pause()`.
     `supervisor`: keyword arguments of an LLMSupervisor (polling every 50 ms), or None for none.
     `api`: the server's API ("llamacpp" or "openai", whose URL ends in /v1); `fallbacks`: more server
-    URLs after `llm_url` (their API detected), in a BackendChain.
+    URLs after `llm_url` (their API detected), in a BackendChain. `cues`: audio cues into the fake sink.
     """
 
     def __init__(self, llm_url: str, *, transcripts: tuple[str, ...] | None = None, mic: bool = False,
                  defense=None, supervisor: dict | None = None, read_timeout_s: float = 5.0, api: str = "llamacpp",
                  api_key: str | None = None, fallbacks: tuple[str, ...] = (), transcript=None, metrics=None,
-                 **config) -> None:  # fmt: skip
+                 cues: bool = False, **config) -> None:  # fmt: skip
         config.setdefault("first_clause_min_words", 0)
         self.config = make_config(**config)
         self.sink = FakeAudioSink()
@@ -113,7 +114,8 @@ class Harness:
             self.supervisor = LLMSupervisor(self.client, supervisor.pop("server", None), poll_s=0.05, **supervisor)
         self.system = VoiceConversationSystem(self.config, self.client, self.synth, self.sink, mic=chain,
                                               speculation=speculation, defense=defense, supervisor=self.supervisor,
-                                              transcript=transcript, metrics=metrics)  # fmt: skip
+                                              transcript=transcript, metrics=metrics,
+                                              cues=Cues(self.sink) if cues else None)  # fmt: skip
         self.system.start()
 
     def blocks_of(self, turn_id: int) -> list[AudioBlock]:

@@ -21,7 +21,7 @@ from voice_assistant.config import (
 from voice_assistant.errors import SetupError
 
 TITLES = ["audio", "speech recognition and turn-taking", "language model", "voice", "barge-in", "echo",
-          "logging and records"]  # fmt: skip
+          "console", "logging and records"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +60,8 @@ def test_defaults_match_the_previous_argparse_defaults():
         "allow_insecure_key": False, "llm_reply_limit_s": 120,
         # reliability (issue 13)
         "talk_over_min_logprob": -0.5,
+        # the console (issue 14)
+        "plain": False, "text": False, "speak": True, "cues": None,
     }  # fmt: skip
     assert Config().flat() == expected
     config, actions = parse_command_line([])

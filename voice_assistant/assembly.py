@@ -159,9 +159,10 @@ def load_speaker_lock(name: str):
         raise SetupError(f"--speaker-lock: {exc}; enroll with: python -m voiceprint enroll {name} --mic") from None
 
 
-def build_defense(config: Config, synthesizer, speaker=None, scores=None):
+def build_defense(config: Config, synthesizer, speaker=None, scores=None, voice_checks: bool = True):
     """The self-speech guards the flags ask for (echo cancellation is part of the microphone chain);
-    `scores`: the recogniser's `asr.TranscriptScores`, for the talk-over check."""
+    `scores`: the recogniser's `asr.TranscriptScores`, for the talk-over check; `voice_checks`
+    False: no own-voice enrollment (nothing is heard, or nothing is said)."""
     from .defense import SelfSpeechDefense
     from .guards import EchoTranscriptGuard, LoopBreaker, OwnVoiceGuard
 
@@ -170,7 +171,7 @@ def build_defense(config: Config, synthesizer, speaker=None, scores=None):
     if echo.echo_guards:
         defense.transcript_guard = EchoTranscriptGuard()
         defense.loop_breaker = LoopBreaker()
-    if echo.echo_guards or echo.speaker_lock:
+    if (echo.echo_guards and voice_checks) or echo.speaker_lock:
         import torch
 
         torch.set_num_threads(1)  # the speaker encoder runs beside everything else
@@ -190,8 +191,9 @@ def build_defense(config: Config, synthesizer, speaker=None, scores=None):
             if not defense.closing.is_set():
                 guard.enroll_assistant(clips)
 
-        defense.enrollment = threading.Thread(target=enroll_own_voice, name="voice-enroll", daemon=True)
-        defense.enrollment.start()
+        if voice_checks:
+            defense.enrollment = threading.Thread(target=enroll_own_voice, name="voice-enroll", daemon=True)
+            defense.enrollment.start()
         defense.own_voice = guard
     if speaker is not None:
         import voiceprint
@@ -240,20 +242,24 @@ def build_mic_chain(config: Config, file_mode: bool, tracker, recognizer):
 
 
 def build_components(config: Config) -> dict:
-    """Keyword arguments for `VoiceConversationSystem(config, **...)`, all real and warmed up."""
+    """Keyword arguments for `VoiceConversationSystem(config, **...)`, all real and warmed up.
+
+    `--text` builds no microphone, recogniser or voice checks; `--no-speak` no voice and no speaker."""
     from .asr import ASRConfig, CachingExecutor, SpeechRecognizer, WhisperTranscriber, resolve_asr_model
     from .audio_io import MicrophoneSource, SpeakerSink, WavFileSink, WavFileSource, find_device
+    from .cues import Cues
     from .devices import DeviceMonitor, monitored
     from .metrics import MetricsFile, TranscriptFile
     from .models import default_tts_model
     from .speculation import SpeculativeTranscriber, TranscriptCache
     from .supervisor import LLMSupervisor
-    from .tts import PiperSynthesizer
+    from .tts import PiperSynthesizer, SilentSynthesizer
 
-    audio, speech = config.audio, config.speech
+    audio, speech, console = config.audio, config.speech, config.console
     check_api_keys(config)
     speaker = load_speaker_lock(config.echo.speaker_lock) if config.echo.speaker_lock else None
     file_mode = audio.input_wav is not None
+    hearing = not console.text  # a microphone (or file mode's input) and a recogniser
     source = WavFileSource(Path(audio.input_wav)) if file_mode else None
     if file_mode:
         out_dir = Path(audio.output_wav).resolve().parent
@@ -261,16 +267,21 @@ def build_components(config: Config) -> dict:
             raise SetupError(f"cannot write {audio.output_wav}: folder {out_dir} does not exist")
     undo: list = []  # what was started so far, stopped in reverse order if a later step fails
     try:
-        synthesizer = PiperSynthesizer.load(Path(config.voice.tts_model) if config.voice.tts_model
-                                            else default_tts_model(), config.voice.tts_threads)  # fmt: skip
+        if console.speak:
+            synthesizer = PiperSynthesizer.load(Path(config.voice.tts_model) if config.voice.tts_model
+                                                else default_tts_model(), config.voice.tts_threads)  # fmt: skip
+        else:
+            synthesizer = SilentSynthesizer()
         asr_config = ASRConfig(
             model=resolve_asr_model(speech.asr_model),
             threads=speech.asr_threads,
             end_of_speech_silence_s=speech.end_of_speech_silence_ms / 1000.0,
             early_transcription_ms=0,
         )
-        transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size)
-        scores = transcriber.scores
+        transcriber = scores = None
+        if hearing:
+            transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size)
+            scores = transcriber.scores
         transcript = TranscriptFile(Path(config.logging.transcript)) if config.logging.transcript else None
         undo += [transcript.close] if transcript else []
         metrics = MetricsFile(Path(config.logging.metrics_json)) if config.logging.metrics_json else None
@@ -280,29 +291,38 @@ def build_components(config: Config) -> dict:
         log.info("language model: %s", client.active.describe())
         if file_mode:
             sink = WavFileSink(Path(audio.output_wav), synthesizer.sample_rate_hz, audio.block_ms)
+        elif not console.speak:
+            sink = WavFileSink(None, synthesizer.sample_rate_hz, audio.block_ms)  # paced, heard by nobody
         else:
             sink = SpeakerSink(find_device(audio.output_device, "output"), synthesizer.sample_rate_hz, audio.block_ms)
+        if hearing and not file_mode:
             source = MicrophoneSource(find_device(audio.input_device, "input"))
-        defense = build_defense(config, synthesizer, speaker, scores)  # its own-voice enrollment runs beside the rest
+        # its own-voice enrollment runs beside the rest; with nothing heard or nothing said there is no echo to guard
+        defense = build_defense(config, synthesizer, speaker, scores, voice_checks=hearing and console.speak)
         undo.append(lambda: defense.close(timeout_s=10.0))
         synthesizer.warm_up()
-        transcriber.warm_up()
+        if transcriber is not None:
+            transcriber.warm_up()
         supervisor = LLMSupervisor(client, server)
         if llm_ready and client.api == "llamacpp":  # fill the prompt cache with the system prompt
             prompt = client.apply_template(History().messages(config.llm.system_prompt))
             list(client.stream({"prompt": prompt, "n_predict": 1, "cache_prompt": True, "id_slot": 0}))
         else:
             supervisor.mark_down()  # start_llm printed the status line
-        tracker = build_tracker(config)
-        speculation, executor = None, transcriber
-        if speech.speculate_after_ms > 0:
-            cache = TranscriptCache(lambda: tracker.last_speech_end_t)
-            speculation = SpeculativeTranscriber(transcriber, cache)
-            executor = CachingExecutor(transcriber, cache.lookup)
-        recognizer = SpeechRecognizer.create(asr_config, executor, lambda: tracker.last_speech_end_t)
-        undo.append(lambda: recognizer.shutdown(timeout_s=10.0))
-        mic = build_mic_chain(config, file_mode, tracker, recognizer)
+        speculation = recognizer = mic = None
+        if hearing:
+            tracker = build_tracker(config)
+            executor = transcriber
+            if speech.speculate_after_ms > 0:
+                cache = TranscriptCache(lambda: tracker.last_speech_end_t)
+                speculation = SpeculativeTranscriber(transcriber, cache)
+                executor = CachingExecutor(transcriber, cache.lookup)
+            recognizer = SpeechRecognizer.create(asr_config, executor, lambda: tracker.last_speech_end_t)
+            undo.append(lambda: recognizer.shutdown(timeout_s=10.0))
+            mic = build_mic_chain(config, file_mode, tracker, recognizer)
         devices = monitored(output=sink, input=source)
+        cues_on = console.cues if console.cues is not None else not file_mode
+        cues = Cues(sink) if cues_on and console.speak else None
     except BaseException:
         for step in reversed(undo):
             try:
@@ -314,5 +334,5 @@ def build_components(config: Config) -> dict:
         client=client, synthesizer=synthesizer, sink=sink, source=source, mic=mic, recognizer=recognizer,
         speculation=speculation, defense=defense, supervisor=supervisor,
         device_monitor=DeviceMonitor(devices), server=server,  # also watches the threads, in file mode too
-        transcript=transcript, metrics=metrics,
+        transcript=transcript, metrics=metrics, cues=cues,
     )  # fmt: skip

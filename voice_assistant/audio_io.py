@@ -119,6 +119,8 @@ class AudioSink:
         self.queue = BlockQueue()
         self.listener: PlayListener = lambda item, t: None
         self.played_listener: Callable[[np.ndarray, float], None] | None = None  # exact played samples
+        self._cue: tuple[np.ndarray, int] | None = None  # a cue being played, and how far; guarded by _cue_lock
+        self._cue_lock = threading.Lock()
 
     def connect(self, listener: PlayListener, is_current: Callable[[int], bool],
                 played_listener: Callable[[np.ndarray, float], None] | None = None) -> None:  # fmt: skip
@@ -137,13 +139,29 @@ class AudioSink:
         """Audio blocks queued and not yet played (any thread)."""
         return self.queue.pending_blocks()
 
+    def play_cue(self, samples: np.ndarray) -> None:
+        """Any thread: mix `samples` (float32 at the sink's rate) into what plays next, whatever the turn.
+        An interruption does not drop it; a new cue replaces one still playing. Being played, it is also
+        what the echo canceller gets as its reference."""
+        with self._cue_lock:
+            self._cue = (samples, 0)
+
     def _next_block(self, play_t: float) -> np.ndarray | None:
         block = None
         for item in self.queue.take():
             self.listener(item, play_t)
             if isinstance(item, AudioBlock):
                 block = item.samples
-        return block
+        with self._cue_lock:
+            if self._cue is None:
+                return block
+            cue, position = self._cue
+            end = position + self.block_frames
+            self._cue = (cue, end) if end < len(cue) else None
+        mixed = np.zeros(self.block_frames, dtype=np.float32) if block is None else block.copy()
+        piece = cue[position:end]
+        mixed[: len(piece)] += piece
+        return mixed
 
     def start(self, t0: float) -> None:
         raise NotImplementedError
@@ -155,9 +173,9 @@ class AudioSink:
 class WavFileSink(AudioSink):
     """Writes what is played onto the input's timeline: sample k is played at t0 + k / rate."""
 
-    def __init__(self, path: Path, sample_rate_hz: int, block_ms: int) -> None:
+    def __init__(self, path: Path | None, sample_rate_hz: int, block_ms: int) -> None:
         super().__init__(sample_rate_hz, block_ms)
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else None
         self._wav: StreamingWav | None = None  # opened at start(): the file grows as it plays, not in memory
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -166,7 +184,8 @@ class WavFileSink(AudioSink):
 
     def start(self, t0: float) -> None:
         self._t0 = t0
-        self._wav = StreamingWav(self.path, self.sample_rate_hz, channels=1, name="wav-sink-writer")
+        if self.path is not None:  # None: paced like a speaker, heard by nobody (--no-speak)
+            self._wav = StreamingWav(self.path, self.sample_rate_hz, channels=1, name="wav-sink-writer")
         self._thread = threading.Thread(target=self._run, name="wav-sink", daemon=True)
         self._thread.start()
 
@@ -179,7 +198,8 @@ class WavFileSink(AudioSink):
                 break
             block = self._next_block(play_t)
             samples = self._silence if block is None else block
-            self._wav.add(samples[:, None])
+            if self._wav is not None:
+                self._wav.add(samples[:, None])
             if self.played_listener is not None:
                 self.played_listener(samples, play_t)
             cursor += self.block_frames

@@ -181,6 +181,19 @@ class EchoConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    title: ClassVar[str] = "console"
+
+    plain: bool = option(False, "print log lines instead of the live terminal view (always so when stdout is not "
+                                "a terminal)")
+    text: bool = option(False, "no microphone: type your turns (a line each; read from stdin when it is not a "
+                               "terminal)")
+    speak: bool = option(True, "speak the replies (--no-speak prints them only)")
+    cues: bool | None = option(None, "short quiet tones when your turn is heard and when the assistant starts "
+                                     "thinking (default: on in live mode, off in file mode)")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     title: ClassVar[str] = "logging and records"
 
@@ -283,11 +296,13 @@ def _spec_for(group: str, title: str, f: dataclasses.Field, hint: Any) -> Option
         kind, optional = hint, False
     elif set(typing.get_args(hint)) == {str, type(None)}:
         kind, optional = str, True
+    elif set(typing.get_args(hint)) == {bool, type(None)}:
+        kind, optional = bool, True  # not set (None): the program decides, e.g. by mode
     elif typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, Ellipsis):
         kind, optional, repeated = str, False, True
     else:
-        raise TypeError(f"option {f.name!r} has type {hint!r}: use str, int, float, bool, str | None or "
-                        "tuple[str, ...]")
+        raise TypeError(f"option {f.name!r} has type {hint!r}: use str, int, float, bool, str | None, "
+                        "bool | None or tuple[str, ...]")
     meta = f.metadata
     if "help" not in meta:
         raise TypeError(f"option {f.name!r} is not declared with option()")
@@ -305,6 +320,7 @@ class Config:
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     barge_in: BargeInConfig = field(default_factory=BargeInConfig)
     echo: EchoConfig = field(default_factory=EchoConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @classmethod
@@ -349,6 +365,8 @@ class Config:
             )
         if self.echo.simulate_echo and audio.input_wav is None:
             raise ConfigError("--simulate-echo needs file mode (--input-wav and --output-wav)")
+        if self.console.text and audio.input_wav is not None:
+            raise ConfigError("--text replaces the microphone; it cannot be used with --input-wav")
         if llm.history_trim_threshold < llm.summarize_after_turns:
             raise ConfigError("--history-trim-threshold must be at least --summarize-after-turns")
 

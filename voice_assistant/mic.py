@@ -60,6 +60,7 @@ class MicrophoneChain:
         self.recognizer = recognizer  # asr.SpeechRecognizer (RealtimeSTT) fed with int16 audio, or None
         self.asr_hold = threading.Event()  # set: keep audio back from ASR (the LLM is prefilling)
         self._held: list[np.ndarray] = []  # audio-in thread only
+        self.level_dbfs = -100.0  # the last chunk's level after echo cancellation (written by the audio-in thread)
         self._barge_in_paused = False  # audio-in thread only
 
     def process(self, chunk: np.ndarray, end_t: float) -> list:
@@ -71,6 +72,7 @@ class MicrophoneChain:
             chunk = self.canceller.process(chunk)
         if self.recording is not None:
             self.recording.add(raw, chunk)
+        self.level_dbfs = 10.0 * float(np.log10(float(np.mean(chunk * chunk)) + 1e-10))  # for the console's meter
         events = []
         if self.vad is not None:
             probability = self.vad.probability(chunk)

@@ -60,3 +60,16 @@ class PiperSynthesizer:
 
     def warm_up(self) -> None:
         self.synthesize_all("Hello.")
+
+
+class SilentSynthesizer:
+    """--no-speak: every sentence is 10 ms of silence, so replies are printed and timed but not heard."""
+
+    def __init__(self, sample_rate_hz: int = 22050) -> None:
+        self.sample_rate_hz = sample_rate_hz
+
+    def synthesize_all(self, text: str) -> np.ndarray:
+        return np.zeros(self.sample_rate_hz // 100, dtype=np.float32)
+
+    def warm_up(self) -> None:
+        pass

@@ -1,0 +1,46 @@
+"""Audio cues: a short high tone when the user's turn is heard, a lower one when the assistant
+starts thinking. Quiet (-26 dBFS) and brief (70 and 90 ms, under the 200 ms of speech that
+barge-in needs), faded in and out so they do not click. They are mixed into the output by the
+sink (`AudioSink.play_cue`), so the echo canceller gets them as reference like any reply audio.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+HEARD_HZ, HEARD_MS = 880.0, 70  # A5: "I heard you"
+THINKING_HZ, THINKING_MS = 523.25, 90  # C5, lower: "thinking"
+LEVEL_DBFS = -26.0
+FADE_MS = 10
+
+
+def tone(frequency_hz: float, duration_ms: int, rate_hz: int, level_dbfs: float = LEVEL_DBFS) -> np.ndarray:
+    """A sine of `duration_ms` at `level_dbfs` peak, with `FADE_MS` raised-cosine fades, float32."""
+    n = int(rate_hz * duration_ms / 1000)
+    t = np.arange(n) / rate_hz
+    samples = np.sin(2 * np.pi * frequency_hz * t) * 10 ** (level_dbfs / 20)
+    fade = min(n // 2, int(rate_hz * FADE_MS / 1000))
+    ramp = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, fade))
+    samples[:fade] *= ramp
+    samples[n - fade :] *= ramp[::-1]
+    return samples.astype(np.float32)
+
+
+class Cues:
+    """Plays the two cues through `sink` (anything with `play_cue(samples)` and `sample_rate_hz`)."""
+
+    def __init__(self, sink) -> None:
+        self.sink = sink
+        self._heard = tone(HEARD_HZ, HEARD_MS, sink.sample_rate_hz)
+        self._thinking = tone(THINKING_HZ, THINKING_MS, sink.sample_rate_hz)
+        self.played: collections.deque[str] = collections.deque(maxlen=100)  # the last cues played, by name
+
+    def heard(self) -> None:
+        self.played.append("heard")
+        self.sink.play_cue(self._heard)
+
+    def thinking(self) -> None:
+        self.played.append("thinking")
+        self.sink.play_cue(self._thinking)
