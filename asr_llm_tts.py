@@ -572,9 +572,9 @@ class VoiceConversationSystem:
             if turn is not None and turn.turn_id == turn_id and not turn.timings.first_audio_ready_t:
                 turn.timings.first_audio_ready_t = ready_t
 
-    def _on_played_samples(self, samples, play_t: float) -> None:
-        """Playback thread: exactly what was played feeds the room and the echo canceller."""
-        self.mic.on_played(samples, self.sink.sample_rate_hz, play_t)
+    def _on_played_samples(self, samples, play_t: float, reference=None) -> None:
+        """Playback thread: exactly what was played feeds the room; the reply alone, the echo canceller."""
+        self.mic.on_played(samples, self.sink.sample_rate_hz, play_t, reference)
 
     def _on_play(self, item, play_t: float) -> None:
         """Playback thread: `item` starts sounding at `play_t`. Must stay fast."""
@@ -653,17 +653,27 @@ def main(argv=None) -> int:
         return 0
     configure_logging(config.logging.log_level)
     log_thread_deaths()
-    if (config.audio.input_wav is None or actions.test or actions.list_devices) and config.logging.log_level != "DEBUG":
+    if actions.list_models or actions.list_voices:  # what is installed: no device, no model loaded
+        from voice_assistant import console_tools as tools
+
+        sections = [tools.format_models(tools.installed_models())] if actions.list_models else []
+        sections += [tools.format_voices(tools.installed_voices())] if actions.list_voices else []
+        print("\n\n".join(sections))
+        return 0
+    opens_devices = config.audio.input_wav is None or actions.test or actions.list_devices or actions.sound_check
+    if opens_devices and config.logging.log_level != "DEBUG":
         divert_native_stderr(state_dir() / "native-stderr.log")  # audio devices are about to be opened
-    if actions.list_devices:
-        from voice_assistant.audio_io import list_devices
+    if actions.list_devices or actions.sound_check:
+        from voice_assistant.console_tools import device_list_text, run_sound_check
 
         try:
-            print(list_devices())
+            if actions.list_devices:
+                print(device_list_text())
+                return 0
+            return run_sound_check(config.audio.input_device, config.audio.output_device)
         except VoiceAssistantError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        return 0
     if actions.test:
         from voice_assistant.selftest import run_self_test
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -134,7 +136,36 @@ def wait(predicate, timeout_s: float) -> bool:
     return False
 
 
-def run(count: int, work: Path, extra_flags: list[str]) -> dict:
+class Terminal:
+    """The program in a tmux session (a real 120 x 30 terminal, so the live view is on); its screen
+    output is also appended to program.log. `send_signal()` and `wait()` like a Popen."""
+
+    def __init__(self, command: list[str], env: dict, work: Path) -> None:
+        self.name = f"bench{os.getpid()}"
+        self.pid_file, self.status_file = work / "program.pid", work / "program.status"
+        for stale in (self.pid_file, self.status_file):
+            stale.unlink(missing_ok=True)
+        variables = [f"{k}={env[k]}" for k in env if k.startswith("PULSE_")]
+        shell = (f"echo $$ > {self.pid_file}; exec env {' '.join(variables)} {' '.join(map(shlex.quote, command))}")
+        wrapper = f"sh -c {shlex.quote(shell)}; echo $? > {self.status_file}; sleep 30"
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "120", "-y", "30", wrapper], check=True,
+                       cwd=ROOT)  # fmt: skip
+        subprocess.run(["tmux", "pipe-pane", "-o", "-t", self.name, f"cat >> {work / 'program.log'}"], check=True)
+        wait(self.pid_file.exists, 10)
+        self.pid = int(self.pid_file.read_text())
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        if not wait(self.status_file.exists, timeout):
+            raise subprocess.TimeoutExpired("tmux", timeout)
+        status = int(self.status_file.read_text())
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        return status
+
+
+def run(count: int, work: Path, extra_flags: list[str], terminal: bool = False) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(count)]
     clips = [say(q, work / f"q{i}.wav", RATE) for i, q in enumerate(questions)]
@@ -148,13 +179,12 @@ def run(count: int, work: Path, extra_flags: list[str]) -> dict:
         for stale in (transcript, work / "metrics.jsonl"):
             stale.unlink(missing_ok=True)
         log_path = work / "program.log"
+        command = [sys.executable, str(ROOT / "asr_llm_tts.py"), "--system-prompt", PROMPT, "--max-reply-tokens", "80",
+                   "--transcript", str(transcript), "--server-log", str(work / "server.log"),
+                   "--metrics-json", str(work / "metrics.jsonl"), "--record-mic", str(work / "mic.wav"), *extra_flags]
         with open(log_path, "w") as log_file:
-            program = subprocess.Popen(
-                [sys.executable, str(ROOT / "asr_llm_tts.py"), "--system-prompt", PROMPT, "--max-reply-tokens", "80",
-                 "--transcript", str(transcript), "--server-log", str(work / "server.log"),
-                 "--metrics-json", str(work / "metrics.jsonl"), "--record-mic", str(work / "mic.wav"), *extra_flags],
-                stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-            )  # fmt: skip
+            program = Terminal(command, env, work) if terminal else subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # fmt: skip
             if not wait(lambda: "listening" in log_path.read_text(), 120):
                 raise RuntimeError(f"the program did not start: {log_path.read_text()[-2000:]}")
             time.sleep(3.0)  # the own-voice enrollment finishes in the background
@@ -185,6 +215,10 @@ def run(count: int, work: Path, extra_flags: list[str]) -> dict:
     return analyse(asked, work, meter, exit_code, log_path.read_text())
 
 
+def percentiles(values: list[float]) -> list[float] | None:
+    return [round(float(np.percentile(values, q))) for q in (50, 95)] if values else None
+
+
 def locate(raw: np.ndarray, clip: np.ndarray) -> tuple[float, float]:
     """Where `clip` (a question) starts and ends in the microphone recording, in seconds (FFT cross-correlation)."""
     n = len(raw) + len(clip)
@@ -206,7 +240,8 @@ def analyse(asked: list[dict], work: Path, meter: SpeakerMeter, exit_code: int, 
     for i, item in enumerate(asked):
         clip = soundfile.read(str(work / f"q{i}.wav"), dtype="float32")[0]
         item["mic_start_s"], item["mic_end_s"] = (round(t, 2) for t in locate(raw, clip))
-    turns = read_metrics(work / "metrics.jsonl")["turns"]
+    metrics = read_metrics(work / "metrics.jsonl")
+    turns = metrics["turns"]
     kinds: list[str] = []
     first_turn_of: dict[int, int] = {}
     for turn in turns:
@@ -250,6 +285,9 @@ def analyse(asked: list[dict], work: Path, meter: SpeakerMeter, exit_code: int, 
         "asked_again": kinds.count("asked again"),
         "misheard_answered": kinds.count("misheard"),
         "talked_over_outcomes": {k: talk_over_kinds.count(k) for k in sorted(set(talk_over_kinds))},
+        "voice_to_voice_ms_p50_p95": percentiles([t["voice_to_voice_ms"] for t, k in zip(turns, kinds)
+                                                  if k == "answered" and t["voice_to_voice_ms"] is not None]),
+        "barge_in_decision_to_silence_ms_p50_p95": percentiles([b["barge_in_stop_ms"] for b in metrics["barge_ins"]]),
         "odd_turns": [f"{k}: {t['user']}" for t, k in zip(turns, kinds) if k not in ("answered",)],
         "tracebacks": log_text.count("Traceback"),
         "asked": asked,
@@ -259,10 +297,11 @@ def analyse(asked: list[dict], work: Path, meter: SpeakerMeter, exit_code: int, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--terminal", action="store_true", help="run the program in a real terminal (tmux): the live view on")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "live_echo")
     parser.add_argument("flags", nargs="*", help="extra flags for the program (after --)")
     args = parser.parse_args()
-    result = run(args.questions, args.out, args.flags)
+    result = run(args.questions, args.out, args.flags, args.terminal)
     path = args.out / "result.json"
     path.write_text(json.dumps(result, indent=1))
     for key, value in result.items():

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(portaudio19-dev libportaudio2 libsndfile1 espeak-ng sox cmake g++ make
-              pulseaudio pulseaudio-utils libasound2-plugins)
+              pulseaudio pulseaudio-utils libasound2-plugins tmux)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

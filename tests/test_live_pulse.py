@@ -136,6 +136,7 @@ def test_live_conversation_through_pulseaudio(pulse_env, tmp_path):
         audio = audio.mean(axis=1)
     assert voiced_spans(audio, rate), "nothing reached the speaker sink"
     assert "capital" in (tmp_path / "t.jsonl").read_text().lower()
+    assert not any(symbol in line for line in reader.seen for symbol in "●◐◉■")  # not a terminal: plain lines
 
 
 def test_remote_llm_down_at_start_keeps_listening_and_recovers(pulse_env, tmp_path):
@@ -227,3 +228,135 @@ def test_sound_server_dying_and_returning_is_one_line_each_way_and_the_conversat
     stopped = [line for line in reader.seen if "device stopped" in line]
     assert len(stopped) == 2, stopped  # one line per device, not one per retry
     assert "capital" in (tmp_path / "t.jsonl").read_text().lower()
+
+
+# ---------------------------------------------------------------------- the console in a real terminal
+
+
+class Terminal:
+    """The program in a tmux session (a real terminal, 120 x 30) on the test's PulseAudio."""
+
+    def __init__(self, env: dict, tmp_path: Path, *flags: str) -> None:
+        self.env = env
+        self.name = f"va{os.getpid()}"
+        variables = [f"{k}={env[k]}" for k in ("PULSE_SERVER", "PULSE_RUNTIME_PATH", "PULSE_STATE_PATH",
+                                               "PULSE_CONFIG_PATH")]  # fmt: skip
+        status = tmp_path / "status"
+        command = " ".join(["env", *variables, sys.executable, str(ROOT / "asr_llm_tts.py"), *flags,
+                            ";", "echo", "$?", ">", str(status), ";", "sleep", "60"])  # fmt: skip
+        self.status = status
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "120", "-y", "30", command], check=True,
+                       cwd=ROOT)  # fmt: skip
+        self.screens: list[str] = []
+
+    def screen(self) -> str:
+        text = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout
+        self.screens.append(text)
+        return text
+
+    def wait_for(self, text: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never appeared; the screen: {self.screens[-1] if self.screens else ''}")
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def exit_status(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while not self.status.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return int(self.status.read_text())
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+@pytest.fixture()
+def terminal_for(pulse_env, tmp_path):
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed: scripts/setup.sh installs it")
+    opened = []
+
+    def open_terminal(*flags: str) -> Terminal:
+        terminal = Terminal(pulse_env, tmp_path, "--server-log", str(tmp_path / "server.log"), *flags)
+        opened.append(terminal)
+        return terminal
+
+    yield open_terminal
+    for terminal in opened:
+        terminal.close()
+
+
+def test_the_live_view_shows_the_state_what_was_heard_and_the_reply(pulse_env, tmp_path, terminal_for):
+    question = say("What is the capital of France?", tmp_path / "q.wav", 16000)
+    terminal = terminal_for("--max-reply-tokens", "40")
+    terminal.wait_for("● listening", 90)
+    assert "mic " in terminal.screen() and "dBFS" in terminal.screen()
+    time.sleep(2.0)  # the own-voice enrollment finishes in the background
+    player = subprocess.Popen(["paplay", "--device=micbus", str(question)], env=pulse_env)
+    states: set[str] = set()
+    deadline = time.monotonic() + 60
+    while "turn 1:" not in terminal.screens[-1] and time.monotonic() < deadline:
+        screen = terminal.screen()
+        states |= {state for state in ("hearing you", "thinking", "speaking", "listening") if state in screen}
+        time.sleep(0.03)
+    player.wait(timeout=10)
+    screen = terminal.wait_for("turn 1:", 5)
+    assert {"hearing you", "speaking"} <= states, states  # thinking may pass between two looks
+    assert "You: What is the capital of France" in screen and "Assistant: " in screen
+    terminal.keys("C-c")
+    assert terminal.exit_status(10) == 0
+    assert "● listening" not in terminal.screen()  # the live region is gone: the terminal is left clean
+
+
+def test_typing_is_answered_with_voice_and_typing_during_a_reply_interrupts_it(pulse_env, tmp_path, terminal_for):
+    recorder = subprocess.Popen(["parecord", "--device=spk.monitor", "--file-format=wav", str(tmp_path / "spk.wav")],
+                                env=pulse_env)  # fmt: skip
+    terminal = terminal_for("--max-reply-tokens", "80", "--system-prompt",
+                            "You are a storyteller. Answer with a long story of at least five sentences.")  # fmt: skip
+    try:
+        terminal.wait_for("listening", 90)
+        terminal.keys("Tell me a story about a dragon.")
+        terminal.wait_for("> Tell me a story about a dragon.", 5)
+        terminal.keys("Enter")
+        terminal.wait_for("speaking", 30)
+        time.sleep(1.0)
+        terminal.keys("What is two plus two?", "Enter")
+        screen = terminal.wait_for("turn 2:", 60)
+    finally:
+        terminal.keys("C-c")
+        status = terminal.exit_status(10)
+        recorder.terminate()
+        recorder.wait(timeout=5)
+    assert status == 0
+    lines = screen.splitlines()
+    assert any(line.startswith("You: Tell me a story about a dragon.") for line in lines), screen
+    assert any(line.startswith("Assistant:") and "[interrupted]" in line for line in lines), screen
+    assert any(line.startswith("You: What is two plus two?") for line in lines), screen
+    audio, rate = soundfile.read(str(tmp_path / "spk.wav"), dtype="float32")
+    audio = audio.mean(axis=1) if audio.ndim > 1 else audio
+    assert len(voiced_spans(audio, rate)) >= 2, "the typed questions were not answered with voice"
+
+
+def test_sound_check_through_pulseaudio(pulse_env, tmp_path):
+    question = say("Testing, one, two, three. Can you hear me?", tmp_path / "q.wav", 16000)
+    recorder = subprocess.Popen(["parecord", "--device=spk.monitor", "--file-format=wav", str(tmp_path / "spk.wav")],
+                                env=pulse_env)  # fmt: skip
+    program = subprocess.Popen([sys.executable, str(ROOT / "asr_llm_tts.py"), "--sound-check"], env=pulse_env,
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    time.sleep(1.0)
+    subprocess.run(["paplay", "--device=micbus", str(question)], env=pulse_env, check=True, timeout=30)
+    output, _ = program.communicate(timeout=30)
+    recorder.terminate()
+    recorder.wait(timeout=5)
+    assert program.returncode == 0, output
+    assert "input:" in output and "output:" in output and "verdict: ok" in output, output
+    audio, rate = soundfile.read(str(tmp_path / "spk.wav"), dtype="float32")
+    audio = audio.mean(axis=1) if audio.ndim > 1 else audio
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spectrum) * rate / len(audio) - 660) < 5, "the test tone did not reach the speaker"

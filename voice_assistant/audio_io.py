@@ -118,12 +118,13 @@ class AudioSink:
         self.block_frames = int(sample_rate_hz * block_ms / 1000)
         self.queue = BlockQueue()
         self.listener: PlayListener = lambda item, t: None
-        self.played_listener: Callable[[np.ndarray, float], None] | None = None  # exact played samples
+        # exact played samples: (what sounded, when, the reply alone: what sounded without any cue)
+        self.played_listener: Callable[[np.ndarray, float, np.ndarray], None] | None = None
         self._cue: tuple[np.ndarray, int] | None = None  # a cue being played, and how far; guarded by _cue_lock
         self._cue_lock = threading.Lock()
 
     def connect(self, listener: PlayListener, is_current: Callable[[int], bool],
-                played_listener: Callable[[np.ndarray, float], None] | None = None) -> None:  # fmt: skip
+                played_listener: Callable[[np.ndarray, float, np.ndarray], None] | None = None) -> None:  # fmt: skip
         """Before `start()`: who hears what plays, and the judge of stale turns."""
         self.listener = listener
         self.queue.is_current = is_current
@@ -141,17 +142,22 @@ class AudioSink:
 
     def play_cue(self, samples: np.ndarray) -> None:
         """Any thread: mix `samples` (float32 at the sink's rate) into what plays next, whatever the turn.
-        An interruption does not drop it; a new cue replaces one still playing. Being played, it is also
-        what the echo canceller gets as its reference."""
+        An interruption does not drop it; a new cue replaces one still playing. It is not part of the
+        echo canceller's reference (`played_listener` gets the reply alone): see cues.py."""
         with self._cue_lock:
             self._cue = (samples, 0)
 
     def _next_block(self, play_t: float) -> np.ndarray | None:
+        """The reply's next block (None: silence), its items reported to the listener."""
         block = None
         for item in self.queue.take():
             self.listener(item, play_t)
             if isinstance(item, AudioBlock):
                 block = item.samples
+        return block
+
+    def _with_cue(self, block: np.ndarray | None) -> np.ndarray | None:
+        """`block` with the cue being played mixed in (a new array), or `block` itself when none plays."""
         with self._cue_lock:
             if self._cue is None:
                 return block
@@ -198,10 +204,11 @@ class WavFileSink(AudioSink):
                 break
             block = self._next_block(play_t)
             samples = self._silence if block is None else block
+            output = self._with_cue(samples)  # what the speaker sounds: the reply and any cue
             if self._wav is not None:
-                self._wav.add(samples[:, None])
+                self._wav.add(output[:, None])
             if self.played_listener is not None:
-                self.played_listener(samples, play_t)
+                self.played_listener(output, play_t, samples)
             cursor += self.block_frames
 
     def close(self) -> None:
@@ -245,15 +252,6 @@ def find_device(spec: str | None, kind: str) -> int | None:
         if spec.lower() in device["name"].lower() and device[channels_key] > 0:
             return index
     raise AudioDeviceError(f"no {kind} device named like {spec!r}; see --list-devices")
-
-
-def list_devices() -> str:
-    import sounddevice
-
-    try:
-        return str(sounddevice.query_devices())
-    except Exception as exc:
-        raise AudioDeviceError(f"cannot list audio devices: {exc}") from None
 
 
 class SpeakerSink(AudioSink):
@@ -307,12 +305,14 @@ class SpeakerSink(AudioSink):
             self.underflows += 1
         play_t = time.monotonic() + max(0.0, time_info.outputBufferDacTime - time_info.currentTime)
         block = self._next_block(play_t) if frames == self.block_frames else None
-        if block is None:
+        output = self._with_cue(block) if frames == self.block_frames else None
+        if output is None:
             outdata.fill(0)
         else:
-            outdata[:, 0] = block
+            outdata[:, 0] = output
         if self.played_listener is not None:
-            self.played_listener(outdata[:, 0].copy(), play_t)
+            reference = block if block is not None else np.zeros(frames, dtype=np.float32)
+            self.played_listener(outdata[:, 0].copy(), play_t, reference)
 
     def close(self) -> None:
         stream, self._stream = self._stream, None

@@ -41,7 +41,10 @@ class Actions:
     """What to do instead of (or before) running a conversation."""
 
     test: bool = False  # --test: check every component and exit
-    list_devices: bool = False  # --list-devices: list audio devices and exit
+    list_devices: bool = False  # --list-devices: list audio devices, defaults marked, and exit
+    list_models: bool = False  # --list-models: list the installed LLM and ASR models and llama-server, and exit
+    list_voices: bool = False  # --list-voices: list the installed Piper voices and exit
+    sound_check: bool = False  # --sound-check: show the microphone level, play a test tone, judge the level
     print_config: bool = False  # --print-config: print the effective configuration as TOML (to_toml) and exit 0
     config_path: str | None = None  # the config file that was read, if any
 
@@ -119,7 +122,11 @@ def build_command() -> click.Command:
                      help=f"read options from this TOML file (default: {default_config_path()}, if it exists)"),
         click.Option(["--print-config"], is_flag=True, help="print the effective configuration as TOML and exit"),
         click.Option(["--test"], is_flag=True, help="check every component and exit"),
-        click.Option(["--list-devices"], is_flag=True, help="list audio devices and exit"),
+        click.Option(["--list-devices"], is_flag=True, help="list audio devices (defaults marked) and exit"),
+        click.Option(["--list-models"], is_flag=True, help="list the installed models and llama-server and exit"),
+        click.Option(["--list-voices"], is_flag=True, help="list the installed Piper voices and exit"),
+        click.Option(["--sound-check"], is_flag=True,
+                     help="show the microphone level for a few seconds, play a test tone, say if the level is ok"),
     ]  # fmt: skip
     return GroupedCommand(
         name=PROG,
@@ -143,8 +150,12 @@ def _configure(ctx: click.Context, **values: Any) -> tuple[Config, Actions]:
         name: values[name] for name in OPTIONS if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
     }
     config = config.replace(**given)
-    actions = Actions(values["test"], values["list_devices"], values["print_config"], config_path)
-    config.validate(conversation=not (actions.test or actions.list_devices or actions.print_config))
+    actions = Actions(test=values["test"], list_devices=values["list_devices"], list_models=values["list_models"],
+                      list_voices=values["list_voices"], sound_check=values["sound_check"],
+                      print_config=values["print_config"], config_path=config_path)  # fmt: skip
+    converses = not (actions.test or actions.list_devices or actions.list_models or actions.list_voices
+                     or actions.sound_check or actions.print_config)  # fmt: skip
+    config.validate(conversation=converses)
     return config, actions
 
 

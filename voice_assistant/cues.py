@@ -1,7 +1,12 @@
-"""Audio cues: a short high tone when the user's turn is heard, a lower one when the assistant
-starts thinking. Quiet (-26 dBFS) and brief (70 and 90 ms, under the 200 ms of speech that
-barge-in needs), faded in and out so they do not click. They are mixed into the output by the
+"""Audio cues: a short rising chirp when the user's turn is heard, a lower falling one when the
+assistant starts thinking. Quiet (-26 dBFS) and brief (70 and 90 ms, under the 200 ms of speech
+that barge-in needs), faded in and out so they do not click. They are mixed into the output by the
 sink (`AudioSink.play_cue`), so the echo canceller gets them as reference like any reply audio.
+
+Chirps, not pure tones: a steady sine is periodic, and AEC3 took its echo path from one at a wrong
+delay (a sine correlates with itself every period), so the first words of the next reply leaked
+through and cut the reply off as a barge-in (file mode, --simulate-echo, 2 runs of 2). A sweep
+correlates with itself only once.
 """
 
 from __future__ import annotations
@@ -10,17 +15,21 @@ import collections
 
 import numpy as np
 
-HEARD_HZ, HEARD_MS = 880.0, 70  # A5: "I heard you"
-THINKING_HZ, THINKING_MS = 523.25, 90  # C5, lower: "thinking"
+HEARD_HZ, HEARD_MS = (660.0, 990.0), 70  # rising: "I heard you"
+THINKING_HZ, THINKING_MS = (620.0, 410.0), 90  # lower, falling: "thinking"
 LEVEL_DBFS = -26.0
 FADE_MS = 10
 
 
-def tone(frequency_hz: float, duration_ms: int, rate_hz: int, level_dbfs: float = LEVEL_DBFS) -> np.ndarray:
-    """A sine of `duration_ms` at `level_dbfs` peak, with `FADE_MS` raised-cosine fades, float32."""
+def tone(frequency_hz: float | tuple[float, float], duration_ms: int, rate_hz: int,
+         level_dbfs: float = LEVEL_DBFS) -> np.ndarray:  # fmt: skip
+    """A sine (or, for a (start, end) pair, a linear sweep) of `duration_ms` at `level_dbfs` peak, with
+    `FADE_MS` raised-cosine fades, float32."""
     n = int(rate_hz * duration_ms / 1000)
     t = np.arange(n) / rate_hz
-    samples = np.sin(2 * np.pi * frequency_hz * t) * 10 ** (level_dbfs / 20)
+    start_hz, end_hz = frequency_hz if isinstance(frequency_hz, tuple) else (frequency_hz, frequency_hz)
+    phase = 2 * np.pi * (start_hz * t + (end_hz - start_hz) * t**2 / (2 * t[-1] if n > 1 else 1.0))
+    samples = np.sin(phase) * 10 ** (level_dbfs / 20)
     fade = min(n // 2, int(rate_hz * FADE_MS / 1000))
     ramp = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, fade))
     samples[:fade] *= ramp

@@ -93,12 +93,13 @@ class MicrophoneChain:
                 self.recognizer.feed(piece)
         self.recognizer.feed(pcm)
 
-    def on_played(self, samples: np.ndarray, rate_hz: int, play_t: float) -> None:
-        """Playback thread: exactly what was played (silence too) is the echo's reference."""
+    def on_played(self, samples: np.ndarray, rate_hz: int, play_t: float, reference: np.ndarray | None = None) -> None:
+        """Playback thread: exactly what was played (silence too) is what the room echoes; the echo
+        canceller's reference is `reference` when given (the reply without the cues: see cues.py)."""
         if self.room is not None:
             self.room.feed_played(samples, rate_hz, play_t)
         if self.canceller is not None:
-            self.canceller.feed_reverse(samples, rate_hz)
+            self.canceller.feed_reverse(samples if reference is None else reference, rate_hz)
 
     @property
     def hears_playback(self) -> bool:
