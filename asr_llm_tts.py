@@ -222,13 +222,18 @@ class VoiceConversationSystem:
                 speaking = self._assistant_speaking()
                 interrupted = (self.config.barge_in.barge_in and not self.mic.echo_unsafe()
                                and self.interrupt(onset_t=event.onset_t, decision_t=event.decision_t))  # fmt: skip
-                if self.cues is not None and (interrupted or not speaking):
-                    self.cues.heard()
+                if interrupted or not speaking:
+                    self._cue("heard")
             elif isinstance(event, PauseSnapshot):
                 if self.speculation is not None:
                     self.speculation.submit(event)
             elif isinstance(event, Endpoint):
                 self._on_endpoint(event)
+
+    def _cue(self, name: str) -> None:
+        """Play the cue `name` ("heard", "thinking"), once echo cancellation knows the room."""
+        if self.cues is not None and (self.mic is None or self.mic.echo_settled()):
+            getattr(self.cues, name)()
 
     def _assistant_speaking(self) -> bool:
         with self._lock:
@@ -277,8 +282,8 @@ class VoiceConversationSystem:
                 self.speech.release(turn.turn_id)
         if promote:
             chat_log.info("You: %s", turn.user_text)
-            if self.cues is not None and not turn.timings.first_audio_ready_t:
-                self.cues.thinking()  # the held answer is not ready yet: say that it is coming
+            if not turn.timings.first_audio_ready_t:
+                self._cue("thinking")  # the held answer is not ready yet: say that it is coming
             if self._check_loop(turn) and self._drop_active(turn):  # say the loop message instead
                 self.sink.clear()
                 self.submit_user_text(turn.user_text, turn.timings.speech_end_t, turn.timings.text_t)
@@ -367,8 +372,7 @@ class VoiceConversationSystem:
         self.summarizer.abort()
         if not turn.tentative:
             chat_log.info("You: %s", text)
-            if self.cues is not None:
-                self.cues.thinking()
+            self._cue("thinking")
             self._check_loop(turn)
         self.llm_worker.put(Respond(turn.turn_id))
         return turn.turn_id
@@ -696,14 +700,15 @@ def converse(config) -> int:
     try:
         system = VoiceConversationSystem.from_config(config)
         system.start()
+        use_view = live and sys.stdout.isatty() and not config.console.plain
         if live and (config.console.text or sys.stdin.isatty()):
             def answer_then_wait(text: str) -> None:  # a piped line waits for the answer to the one before
                 system.submit_user_text(text)
                 wait_until_idle(system, stop)
 
-            keyboard = Keyboard(system.submit_user_text if sys.stdin.isatty() else answer_then_wait)
+            keyboard = Keyboard(system.submit_user_text if sys.stdin.isatty() else answer_then_wait, keys=use_view)
             keyboard.start()
-        if live and sys.stdout.isatty() and not config.console.plain:
+        if use_view:
             view = ConsoleView(system, keyboard=keyboard)
             view.start()
         how = "type a line and press Enter" if config.console.text else "speak"

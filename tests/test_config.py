@@ -59,7 +59,7 @@ def test_defaults_match_the_previous_argparse_defaults():
         "llm_api": "auto", "llm_model_name": None, "llm_fallback_url": (), "llm_api_key_env": None,
         "allow_insecure_key": False, "llm_reply_limit_s": 120,
         # reliability (issue 13)
-        "talk_over_min_logprob": -0.5,
+        "talk_over_min_logprob": -0.5, "llm_cache_ram_mib": 0,
         # the console (issue 14)
         "plain": False, "text": False, "speak": True, "cues": None,
     }  # fmt: skip

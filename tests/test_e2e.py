@@ -219,40 +219,48 @@ def test_speaker_lock_answers_only_the_enrolled_voice(two_voices, tmp_path, flag
         assert "not the enrolled speaker" in result.stdout, result.stdout
 
 
-def tone_onsets(audio: np.ndarray, rate_hz: int, frequency_hz: float, frame_ms: int = 20) -> list[float]:
-    """Where a pure tone at `frequency_hz` starts sounding (seconds): frames nearly all of whose energy
-    is that tone (speech, even a harmonic on that frequency, never is), two in a row."""
-    n = int(rate_hz * frame_ms / 1000)
-    hop = n // 2
-    starts = range(0, len(audio) - n, hop)
-    window = np.hanning(n)
-    frames = np.stack([audio[k : k + n] for k in starts]) * window
-    probe = np.exp(-2j * np.pi * frequency_hz * np.arange(n) / rate_hz)
-    tone_energy = 2 * np.abs(frames @ probe) ** 2 * np.sum(window**2) / np.sum(window) ** 2
-    total = np.sum(frames**2, axis=1) + 1e-12
-    present = (tone_energy / total > 0.9) & (total > n * 1e-6)
-    held = present & np.concatenate([present[1:], [False]])
-    onsets = np.nonzero(held & ~np.concatenate([[False], held[:-1]]))[0]
-    return [round(k * hop / rate_hz, 2) for k in onsets]
+def cue_onsets(audio: np.ndarray, cue: np.ndarray, threshold: float = 0.8) -> list[float]:
+    """Where `cue` starts in `audio` (samples): normalised cross-correlation above `threshold`."""
+    n = len(audio) + len(cue)
+    nfft = 1 << (n - 1).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(audio, nfft) * np.conj(np.fft.rfft(cue, nfft)), nfft)[: len(audio) - len(cue)]
+    energy = np.convolve(audio.astype(np.float64) ** 2, np.ones(len(cue)), mode="valid")[: len(corr)]
+    cue_energy = float(np.sum(cue.astype(np.float64) ** 2))
+    score = np.where(energy > 0.1 * cue_energy, corr / np.sqrt(np.maximum(energy, 1e-12) * cue_energy), 0.0)
+    onsets, k = [], 0
+    above = np.nonzero(score > threshold)[0]
+    for k in above:
+        if not onsets or k - onsets[-1] > len(cue):
+            onsets.append(int(k))
+    return onsets
 
 
 def test_cues_sound_when_the_turn_is_heard_and_thinking_starts_and_never_start_a_turn(tmp_path):
-    """File mode with --cues and the speaker coupled back into the input (--simulate-echo, 0 dB):
-    the high tone sounds about when barge-in would decide (200 ms of speech), the low one at the end
-    of the turn, before the answer; the echo of the cues starts no turn."""
-    from voice_assistant.cues import HEARD_HZ, THINKING_HZ
+    """File mode with --cues: the rising chirp sounds about when barge-in would decide (200 ms into
+    the speech), the falling one once the transcript is there, before the answer. With the speaker
+    coupled back into the input (--simulate-echo, 0 dB), cues wait until the echo canceller has had
+    1.5 s of the assistant's voice (so the first question has none), and their echo starts no turn."""
+    from voice_assistant.cues import HEARD_HZ, HEARD_MS, THINKING_HZ, THINKING_MS, tone
 
     in_wav, spans = conversation(
         [0.8, "What is the capital of France?", 9.0, "Name a colour of the sky.", 9.0], tmp_path / "in.wav", 22050
     )
-    result, metrics = run_file_mode(tmp_path, in_wav, "--max-reply-tokens", "24", "--cues", "--simulate-echo")
-    turns = [t for t in metrics["turns"] if t["user"] != metrics["turns"][0]["user"] or t["turn"] == 1]
-    assert len({t["user"] for t in metrics["turns"]}) == 2, result.stdout  # no turn from the cues' echo
-    out, rate = soundfile.read(str(tmp_path / "out.wav"), dtype="float32")
-    heard, thinking = tone_onsets(out, rate, HEARD_HZ), tone_onsets(out, rate, THINKING_HZ)
-    barge_ins = [b["decision_t_s"] for b in metrics["barge_ins"]]  # a barge-in is heard too (and then resumed)
-    assert len(heard) == 2 + len(barge_ins) and len(thinking) == 2, (heard, thinking, barge_ins)
-    for (start, end), thinking_s, turn in zip(spans, thinking, turns):
-        assert any(start + 0.15 < h < start + 0.7 for h in heard), (start, heard)
-        assert end < thinking_s < end + 2.5, (end, thinking_s)  # once the transcript is there
-        assert thinking_s <= turn["first_audio_s"] + 0.05, (thinking_s, turn["first_audio_s"])
+    for coupled in (False, True):
+        run_dir = tmp_path / ("coupled" if coupled else "clean")
+        run_dir.mkdir()
+        result, metrics = run_file_mode(run_dir, in_wav, "--max-reply-tokens", "24", "--cues",
+                                        *(["--simulate-echo"] if coupled else []))  # fmt: skip
+        assert len({t["user"] for t in metrics["turns"]}) == 2, result.stdout  # no turn from the cues' echo
+        out, rate = soundfile.read(str(run_dir / "out.wav"), dtype="float32")
+        heard = [k / rate for k in cue_onsets(out, tone(HEARD_HZ, HEARD_MS, rate))]
+        thinking = [k / rate for k in cue_onsets(out, tone(THINKING_HZ, THINKING_MS, rate))]
+        barge_ins = [b["decision_t_s"] for b in metrics["barge_ins"]]
+        questions = spans[1:] if coupled else spans  # coupled: the first question comes before any echo is known
+        # a barge-in is heard too, once the canceller knows the room
+        assert len(questions) <= len(heard) <= len(questions) + len(barge_ins), (heard, barge_ins, metrics["summary"])
+        assert len(thinking) == len(questions), (thinking, metrics["summary"])
+        for (start, end), thinking_s in zip(questions, thinking):
+            assert any(start + 0.15 < h < start + 0.7 for h in heard), (start, heard)
+            assert end < thinking_s < end + 2.5, (end, thinking_s)  # once the transcript is there
+            turn = next(t for t in metrics["turns"] if abs(t["speech_end_s"] - end) < 0.3)
+            assert thinking_s <= turn["first_audio_s"] + 0.05, (thinking_s, turn["first_audio_s"])

@@ -101,6 +101,7 @@ def start_llm(config: Config, keep_listening: bool = False):
                 threads=llm.llm_threads,
                 batch_threads=llm.llm_batch_threads,
                 context_tokens=llm.llm_context,
+                cache_ram_mib=llm.llm_cache_ram_mib,
                 log_path=Path(config.logging.server_log or state_dir() / "llama-server.log"),
                 log_path_named=bool(config.logging.server_log),
             )

@@ -172,14 +172,15 @@ class RichLogHandler(logging.Handler):
 class Keyboard:
     """Typed turns, on the `keyboard` thread: each line sent with Enter goes to `on_line(text)`.
 
-    `interactive` (stdin is a terminal): keys are read without echo, `line` is what is typed so far
-    (the view shows it), Backspace and Ctrl-U edit it; Ctrl-C still reaches the program. Otherwise
-    lines are read from stdin until it ends; then `ended` is set."""
+    `interactive` (stdin is a terminal and `keys` asked for: the live view shows the line): keys are
+    read without echo, `line` is what is typed so far, Backspace and Ctrl-U edit it; Ctrl-C still
+    reaches the program. Otherwise lines are read as the terminal (which echoes them) or the pipe
+    gives them, until stdin ends; then `ended` is set."""
 
-    def __init__(self, on_line: Callable[[str], None], stdin=None) -> None:
+    def __init__(self, on_line: Callable[[str], None], stdin=None, keys: bool = True) -> None:
         self.on_line = on_line
         self.stdin = stdin or sys.stdin
-        self.interactive = self.stdin.isatty()
+        self.interactive = keys and self.stdin.isatty()
         self.line = ""
         self.ended = threading.Event()
         self._stop = threading.Event()

@@ -1,12 +1,15 @@
 """Audio cues: a short rising chirp when the user's turn is heard, a lower falling one when the
 assistant starts thinking. Quiet (-26 dBFS) and brief (70 and 90 ms, under the 200 ms of speech
-that barge-in needs), faded in and out so they do not click. They are mixed into the output by the
-sink (`AudioSink.play_cue`), so the echo canceller gets them as reference like any reply audio.
+that barge-in needs), faded in and out so they do not click. The sink mixes them into what it
+plays (`AudioSink.play_cue`).
 
-Chirps, not pure tones: a steady sine is periodic, and AEC3 took its echo path from one at a wrong
-delay (a sine correlates with itself every period), so the first words of the next reply leaked
-through and cut the reply off as a barge-in (file mode, --simulate-echo, 2 runs of 2). A sweep
-correlates with itself only once.
+With echo cancellation they are kept out of its reference, and the system plays them only once
+the canceller has had 1.5 s of the assistant's voice (`MicrophoneChain.echo_settled`). Pure tones as
+reference made AEC3 learn a wrong echo path (a sine correlates with itself every period), and the
+first words of the next reply leaked through and cut it off as a barge-in (file mode,
+--simulate-echo, 2 runs of 2; none without cues). To the canceller an unreferenced cue is a short
+near-end sound: too short to interrupt (200 ms) or to be an utterance (250 ms). Sweeps rather
+than sines all the same.
 """
 
 from __future__ import annotations

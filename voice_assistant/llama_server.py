@@ -41,6 +41,7 @@ class ServerConfig:
     batch_threads: int = 2  # prompt-processing threads (-tb)
     context_tokens: int = 4096  # context size per slot
     slots: int = 2  # slot 0 for the conversation, slot 1 for background summaries
+    cache_ram_mib: int = 0  # --cache-ram: host RAM for cached prompt states (each slot keeps its own KV anyway)
     log_path: Path | None = None  # where the server's output goes (kept after exit, 0600)
     log_path_named: bool = True  # False: a path we chose, where a symbolic link is refused, not followed
     startup_timeout_s: float = 60.0  # give up waiting for /health after this long
@@ -74,7 +75,7 @@ class LlamaServerProcess:
             "--host", "127.0.0.1", "--port", str(self.port),
             "-t", str(c.threads), "-tb", str(c.batch_threads),
             "-c", str(c.context_tokens * c.slots), "-np", str(c.slots),
-            "--no-webui",
+            "--cache-ram", str(c.cache_ram_mib), "--no-webui",
         ]  # fmt: skip
 
     def launcher(self) -> list[str]:

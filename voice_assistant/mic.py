@@ -123,6 +123,12 @@ class MicrophoneChain:
                 log.warning("echo cancellation works again: barge-in resumed")
         return unsafe
 
+    def echo_settled(self) -> bool:
+        """Echo cancellation (if any) has had 1.5 s of the assistant's voice to learn the room and works:
+        until then a cue could be heard back before the canceller knows the echo path (see cues.py)."""
+        canceller = self.canceller
+        return canceller is None or (canceller.far_end_s() >= 1.5 and not canceller.diverged())
+
     def close(self, metrics=None) -> None:
         """At exit: the echo canceller's figures into `metrics` and the log; the recording to disk."""
         if self.canceller is not None:
