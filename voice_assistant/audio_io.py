@@ -320,12 +320,32 @@ class SpeakerSink(AudioSink):
 
 
 class AudioSource:
-    """Delivers microphone-like audio to a consumer on its own thread."""
+    """Delivers microphone-like audio to a consumer on its own thread (`name`, running `_run`).
 
+    Subclasses set `_stop` (an Event: closed) and `_thread`; `died()` and `restart()` are what the
+    device monitor asks of them."""
+
+    name = "audio-source"
     exhausted: threading.Event  # set when a file source has delivered its whole file
+    _stop: threading.Event
+    _thread: threading.Thread | None
 
     def start(self, consumer: AudioConsumer, t0: float) -> None:
         raise NotImplementedError
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def died(self) -> bool:
+        """The delivery thread ended without being closed."""
+        thread = self._thread
+        return not self._stop.is_set() and thread is not None and not thread.is_alive()
+
+    def restart(self) -> None:
+        """(Re)start the delivery thread; it carries on where the last one stopped."""
+        if not self._stop.is_set():
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
         raise NotImplementedError
@@ -368,17 +388,6 @@ class WavFileSource(AudioSource):
     def start(self, consumer: AudioConsumer, t0: float) -> None:
         self._consumer, self._t0 = ChunkDelivery(consumer, self.name), t0
         self.restart()
-
-    def died(self) -> bool:
-        """The delivery thread ended without being closed (what the device monitor asks)."""
-        thread = self._thread
-        return not self._stop.is_set() and thread is not None and not thread.is_alive()
-
-    def restart(self) -> None:
-        """(Re)start the delivery thread where the last one stopped."""
-        if not self._stop.is_set():
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-            self._thread.start()
 
     def _run(self) -> None:
         silence = np.zeros(INPUT_CHUNK_SAMPLES, dtype=np.float32)
@@ -468,17 +477,6 @@ class MicrophoneSource(AudioSource):
         self._open()
         self._consumer = ChunkDelivery(consumer, "audio-in")
         self.restart()
-
-    def died(self) -> bool:
-        """The delivery thread ended without being closed (what the device monitor asks)."""
-        thread = self._thread
-        return not self._stop.is_set() and thread is not None and not thread.is_alive()
-
-    def restart(self) -> None:
-        """(Re)start the thread that hands queued chunks to the consumer."""
-        if not self._stop.is_set():
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-            self._thread.start()
 
     def _callback(self, indata, frames, time_info, status) -> None:
         self._last_chunk_t = time.monotonic()

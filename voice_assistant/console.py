@@ -205,33 +205,30 @@ class Keyboard:
         finally:
             self.ended.set()
 
-    def _read_lines(self) -> None:
+    def _chunks(self):
+        """What arrives on stdin, as it arrives, until it ends or `stop()`."""
         fd = self.stdin.fileno()
-        pending = b""
         while not self._stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.1)
             if not ready:
                 continue
             data = os.read(fd, 4096)
             if not data:
-                break
-            pending += data
-            *lines, pending = pending.split(b"\n")
+                return
+            yield data
+
+    def _read_lines(self) -> None:
+        pending = b""
+        for data in self._chunks():
+            *lines, pending = (pending + data).split(b"\n")
             for raw in lines:
                 self._send(raw.decode("utf-8", errors="replace"))
         if pending:
             self._send(pending.decode("utf-8", errors="replace"))
 
     def _read_keys(self) -> None:
-        fd = self.stdin.fileno()
         pending = b""
-        while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if not ready:
-                continue
-            data = os.read(fd, 1024)
-            if not data:
-                return
+        for data in self._chunks():
             pending += data
             try:
                 text, pending = pending.decode("utf-8"), b""
