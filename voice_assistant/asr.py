@@ -23,21 +23,11 @@ from .errors import SetupError
 
 log = logging.getLogger(__name__)
 
-BUNDLED_NAMES = ("tiny.en",)
+def resolve_asr_model(name_or_dir: str | None, language: str = "en") -> str:
+    """A CTranslate2 model directory (or a locally cached name) for `--asr-model` and the language."""
+    from .models import resolve_asr_model as resolve
 
-
-def resolve_asr_model(name_or_dir: str | None) -> str:
-    """A CTranslate2 model directory for `--asr-model` (None or 'tiny.en' means the bundled one)."""
-    from .models import default_asr_model_dir
-
-    if name_or_dir is None or name_or_dir in BUNDLED_NAMES:
-        return str(default_asr_model_dir())
-    path = Path(name_or_dir)
-    if path.is_dir():
-        if not (path / "model.bin").is_file():
-            raise SetupError(f"{path} is not a CTranslate2 Whisper model directory (no model.bin)")
-        return str(path)
-    return name_or_dir  # a model name: faster-whisper looks in its local cache only (no download)
+    return str(resolve(name_or_dir, language))
 
 
 @dataclass(frozen=True)
@@ -47,19 +37,59 @@ class ASRConfig:
     model: str  # CTranslate2 directory or a locally cached model name
     threads: int = 2  # CTranslate2 intra-op threads
     beam_size: int = 1  # 1 = greedy decoding, fastest
-    language: str = "en"  # spoken language code
+    language: str | None = "en"  # spoken language code; None: detected per utterance (en or zh)
     end_of_speech_silence_s: float = 0.45  # silence that ends an utterance
     min_utterance_s: float = 0.3  # shorter recordings are dropped
     early_transcription_ms: int = 0  # >0: transcribe this long into the end-of-speech silence
 
 
+@dataclass(frozen=True)
+class HallucinationLimits:
+    """When a transcript is the decoder's invention rather than what was said (Whisper's own signals)."""
+
+    max_no_speech_prob: float = 0.6  # "no speech" this likely, with words it is unsure of (avg_logprob < -0.5)
+    min_avg_logprob: float = -1.0  # words this unlikely on average are a guess
+    max_compression_ratio: float = 2.4  # text this repetitive ("3. 3. 3. 3.") is a decoding loop
+
+
+# Whole utterances that Whisper invents on noise and foreign speech: the endings of subtitled videos
+# it was trained on. Nobody asks an assistant these; "thank you" alone is real and is kept.
+VIDEO_OUTROS = re.compile(
+    r"^(thank you|thanks) (so much )?for watching\b|^please (like and )?subscribe\b|^subtitles by\b"
+    r"|see you (in the )?next (time|video)$|字幕|请不吝点赞|订阅|謝謝觀看|谢谢观看|感谢观看"
+)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A transcription with the decoder's confidence in it."""
+
+    text: str
+    language: str  # the language decoded ("en", "zh")
+    avg_logprob: float = 0.0  # the lowest segment's mean log-probability per token
+    no_speech_prob: float = 0.0  # the first segment's probability that there was no speech
+    compression_ratio: float = 1.0  # the highest segment's zlib ratio (repetition)
+
+    def hallucination(self, limits: HallucinationLimits) -> str:
+        """Why this transcript is not something a person said ("" if it looks real)."""
+        if self.compression_ratio > limits.max_compression_ratio:
+            return f"repetitive (compression ratio {self.compression_ratio:.1f})"
+        if self.avg_logprob < limits.min_avg_logprob:
+            return f"unsure words (log-probability {self.avg_logprob:.2f})"
+        if self.no_speech_prob >= limits.max_no_speech_prob and self.avg_logprob < -0.5:
+            return f"no speech (probability {self.no_speech_prob:.2f})"
+        if VIDEO_OUTROS.search(" ".join(re.findall(r"\w+", self.text.lower()))):
+            return "a video's closing words"
+        return ""
+
+
 class TranscriptScores:
-    """How sure the recogniser was of each recent transcript: its lowest segment mean log-probability
-    per token, by text (the last `keep`). Written by the transcriber, read by the policy."""
+    """What the recogniser knew about each recent transcript, by text (the last `keep`): its lowest
+    segment mean log-probability per token and its language. Written by the transcriber, read by the policy."""
 
     def __init__(self, keep: int = 32) -> None:
         self.keep = keep
-        self._scores: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._scores: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -67,29 +97,57 @@ class TranscriptScores:
         """Words only: RealtimeSTT may change case, spaces and the final punctuation."""
         return " ".join(re.findall(r"\w+", text.lower()))
 
-    def record(self, text: str, score: float) -> None:
+    def record(self, text: str, score: float, language: str = "en") -> None:
         with self._lock:
-            self._scores[self.key(text)] = score
+            self._scores[self.key(text)] = (score, language)
             self._scores.move_to_end(self.key(text))
             while len(self._scores) > self.keep:
                 self._scores.popitem(last=False)
 
     def score_of(self, text: str) -> float | None:
         with self._lock:
-            return self._scores.get(self.key(text))
+            entry = self._scores.get(self.key(text))
+        return None if entry is None else entry[0]
+
+    def language_of(self, text: str) -> str | None:
+        with self._lock:
+            entry = self._scores.get(self.key(text))
+        return None if entry is None else entry[1]
+
+
+LANGUAGES = ("en", "zh")  # what --language auto chooses between
+_TO_SIMPLIFIED = None
+
+
+def simplified(text: str) -> str:
+    """Chinese text in simplified characters (OpenCC's table, offline)."""
+    global _TO_SIMPLIFIED
+    if _TO_SIMPLIFIED is None:
+        import opencc
+
+        _TO_SIMPLIFIED = opencc.OpenCC("t2s")
+    return _TO_SIMPLIFIED.convert(text)
 
 
 class WhisperTranscriber:
-    """faster-whisper model; the RealtimeSTT `transcription_executor` interface."""
+    """faster-whisper model; the RealtimeSTT `transcription_executor` interface.
 
-    def __init__(self, model, beam_size: int = 1, scores: TranscriptScores | None = None) -> None:
+    `language` is "en", "zh", or None: detect each utterance's language and choose between English
+    and Mandarin. Transcripts that look invented (HallucinationLimits) come back as "" and are logged.
+    """
+
+    def __init__(self, model, beam_size: int = 1, scores: TranscriptScores | None = None,
+                 language: str | None = "en", limits: HallucinationLimits | None = None) -> None:  # fmt: skip
         self._model = model
         self._beam_size = beam_size
+        self.language = language
+        self.limits = limits or HallucinationLimits()
         self.scores = scores or TranscriptScores()
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str, threads: int = 2, beam_size: int = 1) -> "WhisperTranscriber":
+    def load(cls, model: str, threads: int = 2, beam_size: int = 1, language: str | None = "en",
+             limits: HallucinationLimits | None = None) -> "WhisperTranscriber":  # fmt: skip
         from faster_whisper import WhisperModel
 
         try:
@@ -102,30 +160,58 @@ class WhisperTranscriber:
                 f"ASR model {model!r} not available offline ({type(exc).__name__}); "
                 "pass a CTranslate2 Whisper directory with --asr-model"
             ) from None
-        return cls(whisper, beam_size)
+        if language != "en" and not whisper.model.is_multilingual:
+            raise SetupError(f"ASR model {model!r} understands only English: use --asr-model base for --language "
+                             f"{language or 'auto'}")  # fmt: skip
+        return cls(whisper, beam_size, language=language, limits=limits)
 
-    def transcribe_text(self, audio: np.ndarray, language: str | None = "en") -> str:
-        """Text of float32 16 kHz mono audio."""
+    def _decode(self, audio: np.ndarray, language: str | None) -> tuple[Transcript, dict[str, float]]:
+        """The transcript, and when `language` is None the detected language probabilities."""
+        segments, info = self._model.transcribe(
+            audio, language=language, beam_size=self._beam_size, vad_filter=False,
+            condition_on_previous_text=False, without_timestamps=True,
+            temperature=0.0,  # no temperature fallback: it re-decodes up to 5 times (0.2 s -> 0.7 s+)
+        )  # fmt: skip
+        segments = list(segments)
+        text = " ".join(segment.text.strip() for segment in segments).strip()
+        if info.language == "zh":
+            text = simplified(text)  # Whisper writes Mandarin in traditional characters as often as not
+        probabilities = dict(info.all_language_probs or [])
+        if not segments:
+            return Transcript("", info.language), probabilities
+        return Transcript(text, info.language, min(s.avg_logprob for s in segments), segments[0].no_speech_prob,
+                          max(s.compression_ratio for s in segments)), probabilities  # fmt: skip
+
+    def transcribe_full(self, audio: np.ndarray) -> Transcript:
+        """The transcript of float32 16 kHz mono audio, hallucinations included (see transcribe_text)."""
         with self._lock:
-            segments, _info = self._model.transcribe(
-                audio, language=language, beam_size=self._beam_size, vad_filter=False,
-                condition_on_previous_text=False, without_timestamps=True,
-                temperature=0.0,  # no temperature fallback: it re-decodes up to 5 times (0.2 s -> 0.7 s+)
-            )  # fmt: skip
-            segments = list(segments)
-            text = " ".join(segment.text.strip() for segment in segments).strip()
-            if text:
-                self.scores.record(text, min(segment.avg_logprob for segment in segments))
-            return text
+            transcript, probabilities = self._decode(audio, self.language)
+            if self.language is None and transcript.language not in LANGUAGES:
+                # detected as neither: decode again as the likelier of the two (rare: noise, a third language)
+                likelier = max(LANGUAGES, key=lambda code: probabilities.get(code, 0.0))
+                transcript, _ = self._decode(audio, likelier)
+        return transcript
+
+    def transcribe_text(self, audio: np.ndarray, language: str | None = None) -> str:
+        """Text of float32 16 kHz mono audio; "" when nothing was said or the decoder invented it."""
+        transcript = self.transcribe_full(audio)
+        if not transcript.text:
+            return ""
+        why = transcript.hallucination(self.limits)
+        if why:
+            log.info("dropped a transcript as a hallucination (%s): %r", why, transcript.text[:80])
+            return ""
+        self.scores.record(transcript.text, transcript.avg_logprob, transcript.language)
+        return transcript.text
 
     def transcribe(self, audio, language=None, use_prompt=True, **options):
-        """RealtimeSTT executor entry point (called on a RealtimeSTT worker thread)."""
+        """RealtimeSTT executor entry point (called on a RealtimeSTT worker thread); our language setting wins."""
         from RealtimeSTT.transcription_engines.base import TranscriptionResult
 
-        return TranscriptionResult(text=self.transcribe_text(np.asarray(audio, dtype=np.float32), language))
+        return TranscriptionResult(text=self.transcribe_text(np.asarray(audio, dtype=np.float32)))
 
     def warm_up(self) -> None:
-        self.transcribe_text(np.zeros(16000, dtype=np.float32))
+        self.transcribe_full(np.zeros(16000, dtype=np.float32))
 
 
 class CachingExecutor:
@@ -182,7 +268,7 @@ class SpeechRecognizer:
         recognizer._recorder = AudioToTextRecorder(
             model=config.model,
             transcription_executor=transcriber,
-            language=config.language,
+            language=config.language or "",
             device="cpu",
             compute_type="int8",
             use_microphone=False,

@@ -86,14 +86,14 @@ def start_llm(config: Config, keep_listening: bool = False):
     from .backends import BackendChain
     from .errors import LLMError
     from .llama_server import LlamaServerProcess, ServerConfig
-    from .models import check_gguf, default_llama_server, default_llm_gguf
+    from .models import default_llama_server, resolve_llm_model
 
     llm = config.llm
     server = None
     if llm.llm_url:
         url = llm.llm_url
     else:
-        model = check_gguf(Path(llm.llm_model)) if llm.llm_model else default_llm_gguf()  # the user's file first
+        model = resolve_llm_model(llm.llm_model)  # a bundled name, or the user's file
         server = LlamaServerProcess(
             ServerConfig(
                 binary=Path(llm.llama_server) if llm.llama_server else default_llama_server(),
@@ -246,7 +246,8 @@ def build_components(config: Config) -> dict:
     """Keyword arguments for `VoiceConversationSystem(config, **...)`, all real and warmed up.
 
     `--text` builds no microphone, recogniser or voice checks; `--no-speak` no voice and no speaker."""
-    from .asr import ASRConfig, CachingExecutor, SpeechRecognizer, WhisperTranscriber, resolve_asr_model
+    from .asr import (ASRConfig, CachingExecutor, HallucinationLimits, SpeechRecognizer, WhisperTranscriber,
+                      resolve_asr_model)  # fmt: skip
     from .audio_io import MicrophoneSource, SpeakerSink, WavFileSink, WavFileSource, find_device
     from .cues import Cues
     from .devices import DeviceMonitor, monitored
@@ -274,14 +275,18 @@ def build_components(config: Config) -> dict:
         else:
             synthesizer = SilentSynthesizer()
         asr_config = ASRConfig(
-            model=resolve_asr_model(speech.asr_model),
+            model=resolve_asr_model(speech.asr_model, speech.language),
+            language=None if speech.language == "auto" else speech.language,
             threads=speech.asr_threads,
             end_of_speech_silence_s=speech.end_of_speech_silence_ms / 1000.0,
             early_transcription_ms=0,
         )
         transcriber = scores = None
         if hearing:
-            transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size)
+            limits = HallucinationLimits(speech.max_no_speech_prob, speech.min_avg_logprob,
+                                         speech.max_compression_ratio)  # fmt: skip
+            transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size,
+                                                  asr_config.language, limits)  # fmt: skip
             scores = transcriber.scores
         transcript = TranscriptFile(Path(config.logging.transcript)) if config.logging.transcript else None
         undo += [transcript.close] if transcript else []
@@ -306,7 +311,7 @@ def build_components(config: Config) -> dict:
             transcriber.warm_up()
         supervisor = LLMSupervisor(client, server)
         if llm_ready and client.api == "llamacpp":  # fill the prompt cache with the system prompt
-            prompt = client.apply_template(History().messages(config.llm.system_prompt))
+            prompt = client.apply_template(History().messages(config.system_prompt()))
             list(client.stream({"prompt": prompt, "n_predict": 1, "cache_prompt": True, "id_slot": 0}))
         else:
             supervisor.mark_down()  # start_llm printed the status line

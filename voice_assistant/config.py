@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 from .errors import SetupError
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a friendly voice assistant. Your words are spoken aloud, so answer in one or two "
-    "short, plain sentences without lists, markdown or emoji."
+    "You are a helpful voice assistant. Your replies are spoken aloud, so give the answer first, in one "
+    "short sentence, or two if needed, unless the user asks for more. Never use lists, markdown, emoji or code."
 )
 
 
@@ -79,7 +79,11 @@ class AudioConfig:
 class SpeechConfig:
     title: ClassVar[str] = "speech recognition and turn-taking"
 
-    asr_model: str | None = option(None, "faster-whisper model name or CTranslate2 folder (default: bundled tiny.en)",
+    language: str = option("en", "the language spoken: en (English), zh (Mandarin), or auto: each utterance's "
+                                 "language is detected and answered in it, with that language's voice",
+                           choices=("en", "zh", "auto"))
+    asr_model: str | None = option(None, "bundled recogniser (tiny.en, base) or a CTranslate2 Whisper folder "
+                                         "(default: tiny.en for en, the multilingual base for zh and auto)",
                                    metavar="MODEL")
     asr_threads: int = option(2, "CTranslate2 threads for faster-whisper", min=1)
     end_of_speech_silence_ms: int = option(450, "silence after speech that ends the user's turn, in milliseconds",
@@ -88,6 +92,13 @@ class SpeechConfig:
                                          "ends, in milliseconds (0: off)", min=0, metavar="MS")
     min_utterance_ms: int = option(250, "less speech than this is not transcribed speculatively, in milliseconds",
                                    min=0, metavar="MS")
+    max_no_speech_prob: float = option(0.6, "a transcript whose decoder says 'no speech' with at least this "
+                                            "probability, and is unsure of its words, is dropped as a hallucination",
+                                       min=0, max=1, metavar="P")
+    min_avg_logprob: float = option(-1.0, "a transcript whose words average less than this log-probability per token "
+                                          "is dropped as a hallucination", max=0, metavar="LOGP")
+    max_compression_ratio: float = option(2.4, "a transcript that compresses better than this (a repeated phrase) "
+                                               "is dropped as a hallucination", min=1, metavar="RATIO")
     vad_threshold: float = option(0.5, "Silero speech probability that counts as speech, from 0 to 1",
                                   min=0, max=1, metavar="P")
 
@@ -108,8 +119,9 @@ class LLMConfig:
     llm_api_key_env: str | None = option(None, "environment variable holding the API key (default: LLAMA_API_KEY, "
                                          "then OPENAI_API_KEY); the key is never printed", metavar="NAME")
     allow_insecure_key: bool = option(False, "send the API key over plain http:// to a host that is not this machine")
-    llm_model: str | None = option(None, "GGUF model for the auto-started llama-server (default: bundled "
-                                         "SmolLM2-135M)", metavar="GGUF")
+    llm_model: str | None = option(None, "GGUF model for the auto-started llama-server: a bundled name "
+                                         "(qwen-0.5b, qwen-1.5b, smollm2-135m; see --list-models) or a .gguf file "
+                                         "(default: qwen-0.5b)", metavar="MODEL")
     llama_server: str | None = option(None, "llama-server binary to start (default: the bundled build)",
                                       metavar="PATH")
     llm_threads: int = option(1, "llama-server generation threads (-t)", min=1)
@@ -148,6 +160,8 @@ class VoiceConfig:
 
     tts_model: str | None = option(None, "Piper voice .onnx file, with its .onnx.json beside it (default: bundled "
                                          "joe)", metavar="ONNX")
+    tts_model_zh: str | None = option(None, "Mandarin voice for --language zh and auto (default: the bundled one)",
+                                      metavar="PATH")
     tts_threads: int = option(1, "onnxruntime threads for Piper", min=1)
     first_clause_min_words: int = option(3, "the first spoken chunk may end at a comma after this many words "
                                             "(0: whole sentences only)", min=0, metavar="WORDS")
@@ -352,6 +366,12 @@ class Config:
                 raise ConfigError(f"{source}: {name!r} {exc}" if source else f"{name!r} {exc}") from None
         groups = {group: dataclasses.replace(getattr(self, group), **fields) for group, fields in changes.items()}
         return dataclasses.replace(self, **groups)
+
+    def system_prompt(self) -> str:
+        """The system message sent to the model: the persona and the rule for the replies' language."""
+        from .language import system_prompt
+
+        return system_prompt(self.llm.system_prompt, self.speech.language)
 
     def validate(self, *, conversation: bool = True) -> None:
         """Raise ConfigError if options contradict each other.

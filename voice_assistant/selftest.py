@@ -51,7 +51,9 @@ def run_self_test(config: Config) -> int:
     def asr():
         if "speech" not in state:
             raise RuntimeError("no test clip (TTS failed)")
-        transcriber = WhisperTranscriber.load(resolve_asr_model(config.speech.asr_model), config.speech.asr_threads)
+        language = None if config.speech.language == "auto" else config.speech.language
+        transcriber = WhisperTranscriber.load(resolve_asr_model(config.speech.asr_model, config.speech.language),
+                                              config.speech.asr_threads, language=language)
         transcriber.warm_up()
         start = time.monotonic()
         text = transcriber.transcribe_text(state["speech"])

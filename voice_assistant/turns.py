@@ -76,6 +76,7 @@ class Turn:
     committed: bool = False
     resumed_from: int = 0  # turn id this reply continues after a false interruption
     fixed_reply: str = ""  # say this instead of asking the LLM (a conversation loop, an unclear talk-over)
+    language: str = "en"  # the language the user spoke, "en" or "zh" (fixed replies are said in it)
     retried: bool = False  # asked again with a shorter history after a context overflow
     speculative: bool = False  # transcribed and started during the end-of-turn silence
     tentative: bool = False  # started before the end of turn: its audio is held, not played

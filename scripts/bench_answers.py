@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Answer benchmark: are the spoken answers right, and how fast, for each candidate model and recogniser?
+
+For each candidate (an LLM, a recogniser, a language) it speaks the questions of
+scripts/answer_set.py (several espeak-ng voices, or the Mandarin voice for Mandarin), joins them into
+one conversation WAV with a pause after each, runs `asr_llm_tts.py` on it in file mode, and reports:
+
+- accuracy: replies (from --transcript) that contain an accepted answer (answer_set.is_correct);
+  a question that got no turn counts as wrong;
+- recogniser error: word error rate (English) or character error rate (Mandarin) of what the
+  program heard (the turn's user text) against the question as written;
+- voice-to-voice p50/p95 from the WAVs alone: end of each question's speech in IN to the first
+  sound of the reply in OUT (file mode writes exact zeros between replies, cues are off);
+- the per-stage breakdown (medians from --metrics-json) and peak memory of the program and of the
+  program plus its llama-server.
+
+Writes bench_out/answers/result.json and prints one table. Run it on a quiet machine.
+Usage: .venv/bin/python scripts/bench_answers.py [--candidates qwen-0.5b/tiny.en/en,...] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from benchlib import ROOT  # noqa: E402  (also sets the import paths)
+
+from answer_set import ENGLISH, MANDARIN, Question, is_correct, normalise, speech_rate  # noqa: E402
+from bench_latency import PeakMemory  # noqa: E402
+
+from voice_assistant.metrics import read_metrics  # noqa: E402
+from voice_assistant.wavio import resample  # noqa: E402
+
+RATE_HZ = 16000
+GAP_S = 7.0  # after each question: a short spoken answer fits (longer ones are cut by the next question)
+MAX_TOKENS = 64
+DEFAULT_CANDIDATES = (
+    "smollm2-135m/tiny.en/en", "qwen-0.5b/tiny.en/en", "qwen-1.5b/tiny.en/en", "qwen-0.5b/base/en",
+    "qwen-0.5b/base/zh", "qwen-1.5b/base/zh",
+)  # fmt: skip
+
+
+def speak(question: Question, path: Path) -> np.ndarray:
+    """The question as 16 kHz float32 audio, trimmed to its sound."""
+    subprocess.run(["espeak-ng", "-v", question.voice, "-s", str(speech_rate(question.voice)), "-w", str(path),
+                    question.text], check=True)  # fmt: skip
+    audio, rate = soundfile.read(str(path), dtype="float32")
+    audio = resample(audio, rate, RATE_HZ)
+    loud = np.nonzero(np.abs(audio) > 0.01)[0]
+    return audio[max(0, loud[0] - 800) : loud[-1] + 800]
+
+
+def build_conversation(questions: list[Question], path: Path) -> list[tuple[float, float]]:
+    """One WAV: 1 s of silence, then each question followed by GAP_S; each question's (start, end) s."""
+    pieces, spans, cursor = [np.zeros(RATE_HZ, dtype=np.float32)], [], RATE_HZ
+    for question in questions:
+        clip = speak(question, path.with_name("question.wav"))
+        loud = np.nonzero(np.abs(clip) > 0.01)[0]
+        spans.append(((cursor + loud[0]) / RATE_HZ, (cursor + loud[-1]) / RATE_HZ))
+        pieces += [clip, np.zeros(int(GAP_S * RATE_HZ), dtype=np.float32)]
+        cursor += len(clip) + int(GAP_S * RATE_HZ)
+    soundfile.write(str(path), np.concatenate(pieces), RATE_HZ, subtype="PCM_16")
+    return spans
+
+
+def edit_distance(reference: list[str], hypothesis: list[str]) -> int:
+    row = list(range(len(hypothesis) + 1))
+    for i, ref in enumerate(reference, 1):
+        previous, row[0] = row[0], i
+        for j, hyp in enumerate(hypothesis, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ref != hyp))
+    return row[-1]
+
+
+def tokens(text: str, language: str) -> list[str]:
+    """Words (English) or characters (Mandarin) for the error rate, after answer_set.normalise."""
+    text = normalise(text)
+    return list(text.replace(" ", "")) if language == "zh" else text.split()
+
+
+def first_sound(out: np.ndarray, rate: int, after_s: float, limit_s: float) -> float | None:
+    window = out[int(after_s * rate) : int((after_s + limit_s) * rate)]
+    loud = np.nonzero(np.abs(window) > 1e-3)[0]
+    return None if len(loud) == 0 else after_s + loud[0] / rate
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def run_candidate(name: str, questions: list[Question], work: Path) -> dict:
+    model, asr, language = name.split("/")
+    folder = work / name.replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    in_wav, out_wav = folder / "in.wav", folder / "out.wav"
+    spans = build_conversation(questions, in_wav)
+    command = [
+        sys.executable, str(ROOT / "asr_llm_tts.py"), "--input-wav", str(in_wav), "--output-wav", str(out_wav),
+        "--metrics-json", str(folder / "metrics.jsonl"), "--transcript", str(folder / "transcript.jsonl"),
+        "--server-log", str(folder / "server.log"), "--max-reply-tokens", str(MAX_TOKENS), "--no-cues",
+        "--llm-model", model, "--asr-model", asr, "--language", language,
+    ]  # fmt: skip
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    memory = PeakMemory(process.pid)
+    output = process.stdout.read()
+    process.wait()
+    memory.stop()
+    (folder / "program.log").write_text(output)
+    if process.returncode != 0:
+        raise SystemExit(f"{name}: the program failed (exit {process.returncode}); see {folder / 'program.log'}")
+    turns = read_metrics(folder / "metrics.jsonl")["turns"]
+    replies = [json.loads(line) for line in (folder / "transcript.jsonl").read_text().splitlines()]
+    out, rate = soundfile.read(str(out_wav), dtype="float32")
+
+    rows, errors, reference_tokens, v2v = [], 0, 0, []
+    for question, (start, end) in zip(questions, spans):
+        mine = [i for i, turn in enumerate(turns) if start < turn["speech_end_s"] < end + GAP_S - 1.0]
+        heard = " ".join(turns[i]["user"] for i in mine)
+        reply = " ".join(replies[i]["assistant"] for i in mine if i < len(replies))
+        reference = tokens(question.text, language)
+        errors += edit_distance(reference, tokens(heard, language))
+        reference_tokens += len(reference)
+        onset = first_sound(out, rate, end, GAP_S)
+        if mine and onset is not None:
+            v2v.append((onset - end) * 1000.0)
+        rows.append({"question": question.text, "heard": heard, "reply": reply, "turns": len(mine),
+                     "correct": bool(reply) and is_correct(reply, question)})  # fmt: skip
+
+    def median(key: str) -> float | None:
+        values = [turn["timeline_ms"][key] for turn in turns if turn["timeline_ms"].get(key) is not None]
+        return pct(values, 50)
+
+    correct = sum(row["correct"] for row in rows)
+    return {
+        "candidate": name, "model": model, "asr": asr, "language": language, "questions": len(questions),
+        "correct": correct, "accuracy": correct / len(questions),
+        "asked_once": sum(row["turns"] == 1 for row in rows), "missed": sum(row["turns"] == 0 for row in rows),
+        "asr_error_rate": errors / max(1, reference_tokens),
+        "v2v_p50_ms": pct(v2v, 50), "v2v_p95_ms": pct(v2v, 95),
+        "stages_p50_ms": {key: median(key) for key in ("transcript", "first_token", "first_sentence",
+                                                       "first_audio_ready", "first_audio_played")},
+        "peak_rss_mb": memory.peak_main / 2**20, "peak_rss_with_server_mb": memory.peak_tree / 2**20,
+        "wall_s": time.monotonic() - started, "rows": rows,
+    }  # fmt: skip
+
+
+def fmt(value: float | None, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
+                        help="comma-separated MODEL/ASR/LANGUAGE (language en or zh picks the question set)")
+    parser.add_argument("--limit", type=int, default=0, help="ask only the first N questions of each set")
+    parser.add_argument("--out", default=str(ROOT / "bench_out" / "answers"))
+    args = parser.parse_args()
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in args.candidates.split(","):
+        questions = MANDARIN if name.endswith("/zh") else ENGLISH
+        questions = questions[: args.limit] if args.limit else questions
+        print(f"{name}: {len(questions)} questions ...", flush=True)
+        result = run_candidate(name, questions, work)
+        results.append(result)
+        (work / "result.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+        wrong = [row for row in result["rows"] if not row["correct"]]
+        for row in wrong:
+            print(f"    wrong: {row['question']!r} heard {row['heard']!r} -> {row['reply'][:90]!r}")
+    print()
+    print("| candidate (model/asr/lang) | correct | ASR error | missed | v2v p50 / p95 ms | first token p50 | "
+          "peak MB (with server) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['candidate']} | {r['correct']}/{r['questions']} ({r['accuracy']:.0%}) | "
+              f"{r['asr_error_rate']:.1%} | {r['missed']} | {fmt(r['v2v_p50_ms'])} / {fmt(r['v2v_p95_ms'])} | "
+              f"{fmt(r['stages_p50_ms']['first_token'])} | {r['peak_rss_mb']:.0f} ({r['peak_rss_with_server_mb']:.0f}) |")
+    print(f"result: {work / 'result.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
