@@ -282,7 +282,7 @@ def test_output_stays_on_the_input_timeline_over_five_minutes(tmp_path):
     assert spans[-1][1] > 300
     result, metrics = run_file_mode(tmp_path, in_wav, "--max-reply-tokens", "16", "--no-cues")
     out, rate = soundfile.read(str(tmp_path / "out.wav"), dtype="float32")
-    assert abs(len(out) / rate - soundfile.info(str(in_wav)).duration) < 1.0  # OUT covers IN's whole timeline
+    assert len(out) / rate >= soundfile.info(str(in_wav)).duration - 0.1  # OUT covers IN's whole timeline
     turns = metrics["turns"]
     assert len(turns) == 3, result.stdout
     for turn, (_, speech_end) in zip(turns, spans):
