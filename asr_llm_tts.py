@@ -33,7 +33,7 @@ from voice_assistant.metrics import (MetricsFile, TranscriptFile, barge_in_recor
 from voice_assistant.reply import ReplyOptions, ReplyStreamer
 from voice_assistant.speech import SpeechWorker
 from voice_assistant.summarizer import HistorySummarizer
-from voice_assistant.language import turn_language
+from voice_assistant.language import turn_language, with_reply_hint
 from voice_assistant.text import clean_for_speech, words_in
 from voice_assistant.turns import (EndOfText, ReplyPlayed, Respond, Resume, SentenceItem, Turn, TurnCounter,
                                    TurnTimings, WriteRecords)  # fmt: skip
@@ -513,7 +513,8 @@ class VoiceConversationSystem:
             return
         turn.timings.llm_start_t = time.monotonic()
         try:
-            messages = self.history.messages(self.config.system_prompt(), turn.user_text)
+            user_text = with_reply_hint(turn.user_text, self.config.speech.language, turn.language)
+            messages = self.history.messages(self.config.system_prompt(), user_text)
             turn.prompt = self.client.apply_template(messages)
         except LLMError as exc:
             log.error("language model unavailable: %s", exc)

@@ -191,6 +191,16 @@ def build_defense(config: Config, synthesizer, speaker=None, scores=None, voice_
                 clips.append((synthesizer.synthesize_all(text), rate))
             if not defense.closing.is_set():
                 guard.enroll_assistant(clips)
+            mandarin = getattr(synthesizer, "mandarin", None)  # tts.BilingualSynthesizer's second voice
+            if mandarin is None:
+                return
+            clips = []
+            for text in guard.ASSISTANT_SENTENCES_ZH:
+                if defense.closing.is_set():
+                    return
+                clips.append((mandarin.synthesize_all(text), mandarin.sample_rate_hz))
+            if not defense.closing.is_set():
+                guard.enroll_assistant(clips, second_voice=True)
 
         if voice_checks:
             defense.enrollment = threading.Thread(target=enroll_own_voice, name="voice-enroll", daemon=True)
@@ -252,10 +262,11 @@ def build_components(config: Config) -> dict:
     from .cues import Cues
     from .devices import DeviceMonitor, monitored
     from .metrics import MetricsFile, TranscriptFile
-    from .models import default_tts_model
+    from .mandarin_tts import MandarinSynthesizer
+    from .models import default_mandarin_voice, default_tts_model
     from .speculation import SpeculativeTranscriber, TranscriptCache
     from .supervisor import LLMSupervisor
-    from .tts import PiperSynthesizer, SilentSynthesizer
+    from .tts import BilingualSynthesizer, PiperSynthesizer, SilentSynthesizer
 
     audio, speech, console = config.audio, config.speech, config.console
     check_api_keys(config)
@@ -272,6 +283,10 @@ def build_components(config: Config) -> dict:
         if console.speak:
             synthesizer = PiperSynthesizer.load(Path(config.voice.tts_model) if config.voice.tts_model
                                                 else default_tts_model(), config.voice.tts_threads)  # fmt: skip
+            if speech.language != "en":  # Mandarin replies need the Mandarin voice
+                mandarin = MandarinSynthesizer.load(Path(config.voice.tts_model_zh) if config.voice.tts_model_zh
+                                                    else default_mandarin_voice(), config.voice.tts_threads)  # fmt: skip
+                synthesizer = BilingualSynthesizer(synthesizer, mandarin)
         else:
             synthesizer = SilentSynthesizer()
         asr_config = ASRConfig(

@@ -363,12 +363,19 @@ class OwnVoiceGuard:
         "Here is a short story about a fox who lived near a quiet river.",
     )
     """What the assistant says to enroll its own voice (about 3 s each with Piper joe)."""
+    ASSISTANT_SENTENCES_ZH = (
+        "你好，我是你的助手，今天很高兴能帮你。",
+        "明天的天气晴朗，西边会吹来一阵微风。",
+        "这是一个关于住在安静小河边的狐狸的故事。",
+    )
+    """The same for the Mandarin voice, enrolled as a second voice of the assistant."""
 
     def __init__(self, config: OwnVoiceConfig | None = None, encoder=None) -> None:
         """`encoder`: a `voiceprint.SpeakerEncoder` (default: the process-wide one, loaded on first use)."""
         self.config = config or OwnVoiceConfig()
         self._encoder = encoder
         self.assistant: voiceprint.Enrollment | None = None
+        self.second_voice: voiceprint.Enrollment | None = None  # the Mandarin voice, with --language zh or auto
         self.user: voiceprint.Enrollment | None = None
 
     @classmethod
@@ -384,7 +391,8 @@ class OwnVoiceGuard:
             self._encoder = voiceprint.load_encoder()
         return self._encoder
 
-    def enroll_assistant(self, clips: Iterable[tuple[np.ndarray, int]], add_reverb: bool = True) -> None:
+    def enroll_assistant(self, clips: Iterable[tuple[np.ndarray, int]], add_reverb: bool = True,
+                         second_voice: bool = False) -> None:  # fmt: skip
         """Start-up thread: the assistant's voiceprint from (float32 samples, rate Hz) clips, >= 1 s each.
 
         `add_reverb`: also enroll each clip as heard through a synthetic room (RT60 0.4 s): the
@@ -394,7 +402,11 @@ class OwnVoiceGuard:
         clips = list(clips)
         if add_reverb:
             clips += [(_reverberant(samples, rate_hz), voiceprint.SAMPLE_RATE_HZ) for samples, rate_hz in clips]
-        self.assistant = voiceprint.enroll("assistant", clips, self._get_encoder())
+        enrollment = voiceprint.enroll("assistant", clips, self._get_encoder())
+        if second_voice:
+            self.second_voice = enrollment  # its own voiceprint: an average of two voices would match neither
+        else:
+            self.assistant = enrollment
 
     def enroll_user(self, clips: Iterable[tuple[np.ndarray, int]]) -> None:
         """Start-up thread: the user's voiceprint from clips of their speech."""
@@ -425,6 +437,8 @@ class OwnVoiceGuard:
         if vector is None:
             return _UNDECIDED
         own = self.assistant.score(vector)
+        if self.second_voice is not None:
+            own = max(own, self.second_voice.score(vector))
         if self.user is None:
             return VoiceCheck(own >= self.config.own_threshold, own, None)
         user = self.user.score(vector)

