@@ -2,7 +2,7 @@
 """Answer benchmark: are the spoken answers right, and how fast, for each candidate model and recogniser?
 
 For each candidate (an LLM, a recogniser, a language) it speaks the questions of
-scripts/answer_set.py (several espeak-ng voices, or the Mandarin voice for Mandarin), joins them into
+scripts/answer_set.py (five espeak-ng voices; Mandarin: the Mandarin voice at three pitches), joins them into
 one conversation WAV with a pause after each, runs `asr_llm_tts.py` on it in file mode, and reports:
 
 - accuracy: replies (from --transcript) that contain an accepted answer (answer_set.is_correct);
@@ -32,7 +32,7 @@ import soundfile
 
 from benchlib import ROOT  # noqa: E402  (also sets the import paths)
 
-from answer_set import ENGLISH, MANDARIN, Question, is_correct, normalise, speech_rate  # noqa: E402
+from answer_set import ENGLISH, MANDARIN, MANDARIN_VARIANTS, Question, is_correct, normalise, speech_rate  # noqa: E402
 from bench_latency import PeakMemory  # noqa: E402
 
 from voice_assistant.metrics import read_metrics  # noqa: E402
@@ -47,12 +47,31 @@ DEFAULT_CANDIDATES = (
 )  # fmt: skip
 
 
+_MANDARIN_VOICE = None
+
+
+def mandarin_voice(pitch: float, speed: float):
+    global _MANDARIN_VOICE
+    if _MANDARIN_VOICE is None:
+        from voice_assistant.mandarin_tts import MandarinSynthesizer
+        from voice_assistant.models import default_mandarin_voice
+
+        _MANDARIN_VOICE = MandarinSynthesizer.load(default_mandarin_voice(), threads=1)
+    _MANDARIN_VOICE.set_speed(speed)
+    _MANDARIN_VOICE.set_pitch(pitch)
+    return _MANDARIN_VOICE
+
+
 def speak(question: Question, path: Path) -> np.ndarray:
     """The question as 16 kHz float32 audio, trimmed to its sound."""
-    subprocess.run(["espeak-ng", "-v", question.voice, "-s", str(speech_rate(question.voice)), "-w", str(path),
-                    question.text], check=True)  # fmt: skip
-    audio, rate = soundfile.read(str(path), dtype="float32")
-    audio = resample(audio, rate, RATE_HZ)
+    if question.voice in MANDARIN_VARIANTS:
+        voice = mandarin_voice(*MANDARIN_VARIANTS[question.voice])
+        audio = resample(voice.synthesize_all(question.text), voice.sample_rate_hz, RATE_HZ)
+    else:
+        subprocess.run(["espeak-ng", "-v", question.voice, "-s", str(speech_rate(question.voice)), "-w", str(path),
+                        question.text], check=True)  # fmt: skip
+        audio, rate = soundfile.read(str(path), dtype="float32")
+        audio = resample(audio, rate, RATE_HZ)
     loud = np.nonzero(np.abs(audio) > 0.01)[0]
     return audio[max(0, loud[0] - 800) : loud[-1] + 800]
 

@@ -142,11 +142,18 @@ def non_speech() -> list[Clip]:
 
 
 def mandarin_speech(work: Path) -> list[Clip]:
+    """The Mandarin questions twice: espeak-ng's cmn-latn-pinyin and the assistant's Mandarin voice."""
+    from voice_assistant.mandarin_tts import MandarinSynthesizer
+    from voice_assistant.models import default_mandarin_voice
+
+    voice = MandarinSynthesizer.load(default_mandarin_voice(), threads=1)
     clips = []
     for question in MANDARIN:
         path = work / "zh.wav"
-        subprocess.run(["espeak-ng", "-v", question.voice, "-s", "160", "-w", str(path), question.text], check=True)
-        clips.append(Clip(question.text, load(path), question.text))
+        subprocess.run(["espeak-ng", "-v", "cmn-latn-pinyin", "-s", "160", "-w", str(path), question.text], check=True)
+        clips.append(Clip(f"espeak: {question.text}", load(path), question.text))
+        clips.append(Clip(f"zh-baker: {question.text}", resample(voice.synthesize_all(question.text),
+                                                                voice.sample_rate_hz, 16000), question.text))
     return clips
 
 

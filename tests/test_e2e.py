@@ -289,3 +289,35 @@ def test_output_stays_on_the_input_timeline_over_five_minutes(tmp_path):
         onset = first_sound(out, rate, speech_end)
         assert onset is not None, f"no reply after {speech_end:.1f} s"
         assert abs(onset - turn["first_audio_s"]) < 0.020, (speech_end, onset, turn["first_audio_s"])
+
+
+def test_a_mandarin_question_gets_a_spoken_mandarin_answer(tmp_path):
+    """--language zh with the real models: the multilingual recogniser, the default LLM and the
+    Mandarin voice. The question is said by the Mandarin voice at a lower pitch; the answer is right,
+    and in OUT it is Mandarin speech that the recogniser hears as (nearly) the reply's text."""
+    from voice_assistant.asr import WhisperTranscriber, resolve_asr_model
+    from voice_assistant.mandarin_tts import MandarinSynthesizer
+    from voice_assistant.models import default_mandarin_voice
+    from voice_assistant.wavio import resample
+
+    voice = MandarinSynthesizer.load(default_mandarin_voice(), threads=1)
+    voice.set_pitch(0.85)
+    question = resample(voice.synthesize_all("德国的首都是哪里？"), voice.sample_rate_hz, 16000)
+    silence = np.zeros(16000, np.float32)
+    soundfile.write(str(tmp_path / "in.wav"), np.concatenate([silence, question, silence * 0, np.zeros(8 * 16000)]),
+                    16000, subtype="PCM_16")  # fmt: skip
+    result, metrics = run_file_mode(tmp_path, tmp_path / "in.wav", "--language", "zh", "--max-reply-tokens", "32",
+                                    "--no-cues")  # fmt: skip
+    [turn] = metrics["turns"]
+    assert "德国" in turn["user"], turn
+    assert "柏林" in turn["assistant_heard"], turn
+    out, rate = soundfile.read(str(tmp_path / "out.wav"), dtype="float32")
+    reply = out[int(turn["first_audio_s"] * rate) :]
+    heard = WhisperTranscriber.load(resolve_asr_model("base"), threads=2, language="zh").transcribe_text(
+        resample(reply, rate, 16000))
+    said = "".join(ch for ch in turn["assistant_heard"] if ch.isalnum())
+    heard = "".join(ch for ch in heard if ch.isalnum())
+    matcher = __import__("difflib").SequenceMatcher(None, said, heard)
+    assert matcher.ratio() > 0.6 and "首都" in heard, (said, heard)  # Mandarin speech of the reply (CER about 13 %)
+    line = json.loads((tmp_path / "transcript.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert line["user"] == turn["user"] and "柏林" in line["assistant"]

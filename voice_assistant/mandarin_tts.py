@@ -277,6 +277,10 @@ class MandarinSynthesizer:
         """speed > 1 talks faster (FastSpeech2 duration scaling)."""
         self._scalars["speed_ratios"] = np.array([1.0 / float(speed)], np.float32)
 
+    def set_pitch(self, ratio: float = 1.0) -> None:
+        """ratio > 1 speaks higher (FastSpeech2 pitch scaling): other voices for tests and benchmarks."""
+        self._scalars["f0_ratios"] = np.array([float(ratio)], np.float32)
+
     def _clause_audio(self, ids: list[int]) -> np.ndarray:
         feed = {"input_ids": np.asarray([ids], np.int32), **self._scalars}
         mel = self._acoustic.run(["Identity_1"], feed)[0]          # mel after postnet, [1, T, 80]
