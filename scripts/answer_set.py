@@ -30,7 +30,7 @@ MANDARIN_VOICES = ("zh-baker", "zh-baker-high", "zh-baker-low")
 """Voices the Mandarin questions are spread over, in turn: the Mandarin voice (mandarin_tts) at its own
 pitch and speed, higher and faster, lower and slower. espeak-ng's Mandarin is not used: the
 multilingual Whisper base hears 84 % of its characters wrong (measured), so it would measure espeak."""
-MANDARIN_VARIANTS = {"zh-baker": (1.0, 1.0), "zh-baker-high": (1.15, 1.1), "zh-baker-low": (0.85, 0.9)}
+MANDARIN_VARIANTS = {"zh-baker": (1.0, 0.9), "zh-baker-high": (1.15, 1.0), "zh-baker-low": (0.85, 0.85)}
 """voice -> (pitch ratio, speed ratio) of the Mandarin voice."""
 SPEECH_RATE_WPM = 160
 """espeak-ng speed (`-s`) for every voice, in words per minute."""
