@@ -171,6 +171,32 @@ def run_candidate(name: str, questions: list[Question], work: Path) -> dict:
     }  # fmt: skip
 
 
+def reply_intelligibility(folder: Path) -> dict:
+    """Mandarin runs: the multilingual recogniser's character error on each spoken reply, against the
+    reply's text as the Mandarin voice reads it (digits written out), and how soon its first audio was ready
+    after its first clause (--metrics-json tts_first_chunk_ms)."""
+    from voice_assistant.asr import WhisperTranscriber, resolve_asr_model
+    from voice_assistant.mandarin_tts import normalize_text
+
+    turns = read_metrics(folder / "metrics.jsonl")["turns"]
+    out, rate = soundfile.read(str(folder / "out.wav"), dtype="float32")
+    recogniser = WhisperTranscriber.load(resolve_asr_model("base"), threads=2, language="zh")
+    errors = total = 0
+    for index, turn in enumerate(turns):
+        said = turn["assistant_heard"]
+        if not turn["first_audio_s"] or not said or turn["interrupted"]:
+            continue
+        end = turns[index + 1]["speech_end_s"] - 1.0 if index + 1 < len(turns) else len(out) / rate
+        reply = out[int(turn["first_audio_s"] * rate) : int(end * rate)]
+        heard = recogniser.transcribe_full(resample(reply, rate, RATE_HZ)).text
+        reference = tokens(normalize_text(said), "zh")
+        errors += edit_distance(reference, tokens(heard, "zh"))
+        total += len(reference)
+    first_chunk = [turn["tts_first_chunk_ms"] for turn in turns if turn.get("tts_first_chunk_ms") is not None]
+    return {"reply_cer": errors / max(1, total), "reply_characters": total,
+            "tts_first_chunk_p50_ms": pct(first_chunk, 50), "tts_first_chunk_p95_ms": pct(first_chunk, 95)}  # fmt: skip
+
+
 def fmt(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -190,6 +216,11 @@ def main() -> int:
         questions = questions[: args.limit] if args.limit else questions
         print(f"{name}: {len(questions)} questions ...", flush=True)
         result = run_candidate(name, questions, work)
+        if name.endswith("/zh"):
+            result.update(reply_intelligibility(work / name.replace("/", "_")))
+            print(f"    replies: character error {result['reply_cer']:.1%} over {result['reply_characters']} "
+                  f"characters; first audio ready {fmt(result['tts_first_chunk_p50_ms'])} / "
+                  f"{fmt(result['tts_first_chunk_p95_ms'])} ms after the first clause (p50 / p95)")
         results.append(result)
         (work / "result.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
         wrong = [row for row in result["rows"] if not row["correct"]]

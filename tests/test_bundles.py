@@ -120,3 +120,17 @@ def test_the_command_line_lists_and_rejects_unknown_names(cache):
     assert listed.returncode == 0 and "qwen-0.5b" in listed.stdout and "not installed" in listed.stdout
     unknown = subprocess.run(run + ["install", "gpt-9"], capture_output=True, text=True, cwd=ROOT)
     assert unknown.returncode == 2 and unknown.stderr.strip().startswith("error: unknown model 'gpt-9'")
+
+
+def test_model_names_resolve_to_bundles_and_a_whisper_folder_needs_its_tokenizer(tmp_path):
+    from voice_assistant.models import resolve_asr_model, resolve_llm_model
+
+    assert resolve_llm_model(None) == locate(bundles.QWEN_05B)  # the default
+    assert resolve_llm_model("smollm2-135m").name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with pytest.raises(SetupError, match="unknown model 'gpt-9'.*qwen-0.5b"):
+        resolve_llm_model("gpt-9")
+    assert resolve_asr_model(None, "zh") == locate(bundles.WHISPER_BASE)
+    assert resolve_asr_model(None, "en").name == "model" and resolve_asr_model("base", "en") == locate(bundles.WHISPER_BASE)
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(SetupError, match="no tokenizer.json"):  # faster-whisper would fetch one from the hub
+        resolve_asr_model(str(tmp_path))

@@ -150,3 +150,12 @@ def test_auto_mode_decodes_a_third_language_again_as_the_likelier_of_english_and
     whisper = FakeWhisper("th", [(" hello", -0.2, 0.05, 0.9)], [("th", 0.6), ("en", 0.3), ("zh", 0.1)])
     transcript = WhisperTranscriber(whisper, language=None).transcribe_full(np.zeros(16000, np.float32))
     assert whisper.calls == [None, "en"] and transcript.language == "en"
+
+
+def test_the_echo_guard_matches_mandarin_by_character():
+    from voice_assistant.guards import EchoTranscriptGuard
+
+    guard = EchoTranscriptGuard()
+    guard.add("德国的首都是柏林，也是德国最大的城市。", 10.0, 13.0)
+    assert guard.match("德国的首都是柏林也是德国最大的城市", 10.5, 13.5).is_echo  # heard back through the room
+    assert not guard.match("德国的首都是哪里？", 12.0, 13.2).is_echo  # a question that reuses its words

@@ -161,7 +161,9 @@ class VoiceConfig:
 
     tts_model: str | None = option(None, "Piper voice .onnx file, with its .onnx.json beside it (default: bundled "
                                          "joe)", metavar="ONNX")
-    tts_model_zh: str | None = option(None, "Mandarin voice for --language zh and auto (default: the bundled one)",
+    tts_model_zh: str | None = option(None, "Mandarin voice for --language zh and auto: a folder with "
+                                            "fastspeech2_quan.onnx, mb_melgan.onnx and baker_mapper.json "
+                                            "(default: the one built at set-up)",
                                       metavar="PATH")
     tts_threads: int = option(1, "onnxruntime threads for Piper", min=1)
     first_clause_min_words: int = option(3, "the first spoken chunk may end at a comma after this many words "

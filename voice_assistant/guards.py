@@ -55,11 +55,16 @@ def _number_words(token: str) -> list[str]:
     return [_TENS[tens - 2]] + ([_ONES[ones]] if ones else [])
 
 
+_CJK_CHAR = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
+
+
 def normalize_words(text: str) -> list[str]:
-    """Words of `text` for matching: lower case, no punctuation, small numbers spelled out."""
+    """Words of `text` for matching: lower case, no punctuation, small numbers spelled out, and each
+    Chinese character a word of its own (Chinese has no spaces to split at)."""
     text = text.lower().replace("%", " percent ").replace("'", "").replace("\u2019", "")
+    text = _CJK_CHAR.sub(r" \1 ", _NON_WORD.sub(" ", text))
     words = []
-    for token in _NON_WORD.sub(" ", text).split():
+    for token in text.split():
         if token.isdigit() and len(token) <= 2:
             words.extend(_number_words(token))
         else:

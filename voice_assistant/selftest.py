@@ -62,6 +62,21 @@ def run_self_test(config: Config) -> int:
             raise RuntimeError(f"transcribed {text!r}, expected the test sentence")
         return f"transcribed {text!r} in {took:.0f} ms"
 
+    def tts_zh():
+        from .mandarin_tts import MandarinSynthesizer
+        from .models import default_mandarin_voice
+
+        path = Path(config.voice.tts_model_zh) if config.voice.tts_model_zh else default_mandarin_voice()
+        voice = MandarinSynthesizer.load(path, config.voice.tts_threads)
+        voice.warm_up()
+        start = time.monotonic()
+        audio = voice.synthesize_all("德国的首都是柏林。")
+        took = time.monotonic() - start
+        if len(audio) == 0 or float(np.abs(audio).max()) < 0.01:
+            raise RuntimeError("the Mandarin voice produced silence")
+        seconds = len(audio) / voice.sample_rate_hz
+        return f"synthesized {seconds:.1f} s of Mandarin in {took * 1000:.0f} ms"
+
     def llm():
         check_api_keys(config)
         client, server, _ = start_llm(config)
@@ -98,6 +113,8 @@ def run_self_test(config: Config) -> int:
         return probe
 
     check("tts", True, tts)
+    if config.speech.language != "en":
+        check("tts-zh", True, tts_zh)
     check("asr", True, asr)
     check("llm", True, llm)
     devices_needed = config.audio.input_wav is None
