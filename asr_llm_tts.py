@@ -113,7 +113,7 @@ class VoiceConversationSystem:
         self.metrics = metrics or MetricsFile(None)
         self.cues = cues
         self.turns = TurnCounter()
-        self.history = History(config.llm.history_trim_threshold)
+        self.history = History(config.llm.history_trim_threshold, config.llm.keep_recent_turns)
         self.summarizer = HistorySummarizer.from_config(client, self.history, config.llm)
         hold = mic.asr_hold if mic is not None and config.llm.pause_asr_during_prefill else None
         self.replies = ReplyStreamer(client, ReplyOptions.from_config(config), prefill_hold=hold)

@@ -179,3 +179,19 @@ def test_transcript_scores_are_found_whatever_the_punctuation_and_kept_bounded()
     scores.record("two", -0.1)
     scores.record("three", -0.2)
     assert scores.score_of("Right in the high blue.") is None and scores.score_of("three") == -0.2
+
+
+def test_history_past_its_limit_drops_the_oldest_in_one_go_not_one_per_turn():
+    """Each dropped exchange changes the cached prompt prefix: one per turn made every turn re-read the
+    whole history when summaries could not keep up (3.2 s to the first token, measured)."""
+    from voice_assistant.history import Exchange, History
+
+    history = History(trim_threshold=6, keep_after_trim=2)
+    for n in range(6):
+        history.add(Exchange(f"q{n}", f"a{n}", False))
+    assert len(history) == 6 and history.trimmed == 0
+    history.add(Exchange("q6", "a6", False))
+    assert [e.user for e in history.exchanges()] == ["q5", "q6"] and history.trimmed == 5
+    for n in range(7, 11):
+        history.add(Exchange(f"q{n}", f"a{n}", False))
+    assert len(history) == 6 and history.trimmed == 5  # the prefix stayed put for four turns

@@ -151,7 +151,9 @@ class LLMConfig:
     enable_history_summarization: bool = option(True, "fold older exchanges into a summary written by the model")
     summarize_after_turns: int = option(10, "summarize once the history holds more exchanges than this",
                                         min=1, metavar="TURNS")
-    history_trim_threshold: int = option(12, "most exchanges ever kept in the history", min=1, metavar="TURNS")
+    history_trim_threshold: int = option(12, "most exchanges ever kept in the history: past it (summaries did "
+                                        "not keep up) the oldest are dropped down to --keep-recent-turns at once",
+                                        min=1, metavar="TURNS")
     keep_recent_turns: int = option(4, "exchanges left verbatim after a summary", min=0, metavar="TURNS")
 
 
