@@ -171,6 +171,27 @@ def run_candidate(name: str, questions: list[Question], work: Path) -> dict:
     }  # fmt: skip
 
 
+def run_typed(name: str, questions: list[Question], work: Path, extra: list[str]) -> dict:
+    """The language model alone: the questions typed (--text --no-speak, one conversation), no recogniser."""
+    model, _, language = name.split("/")
+    folder = work / ("typed_" + name.replace("/", "_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(ROOT / "asr_llm_tts.py"), "--text", "--no-speak", "--transcript",
+               str(folder / "transcript.jsonl"), "--server-log", str(folder / "server.log"), "--max-reply-tokens",
+               str(MAX_TOKENS), "--llm-model", model, "--language", language, *extra]  # fmt: skip
+    (folder / "transcript.jsonl").unlink(missing_ok=True)
+    typed = "".join(question.text + "\n" for question in questions)
+    output = subprocess.run(command, input=typed, capture_output=True, text=True).stdout
+    (folder / "program.log").write_text(output)
+    replies = {json.loads(line)["user"]: json.loads(line)["assistant"]
+               for line in (folder / "transcript.jsonl").read_text().splitlines()}  # fmt: skip
+    rows = [{"question": q.text, "reply": replies.get(q.text, ""), "correct": is_correct(replies.get(q.text, ""), q)}
+            for q in questions]  # fmt: skip
+    correct = sum(row["correct"] for row in rows)
+    return {"candidate": f"typed {name} {' '.join(extra)}".strip(), "questions": len(questions), "correct": correct,
+            "accuracy": correct / len(questions), "rows": rows}  # fmt: skip
+
+
 def reply_intelligibility(folder: Path) -> dict:
     """Mandarin runs: the multilingual recogniser's character error on each spoken reply, against the
     reply's text as the Mandarin voice reads it (digits written out), and how soon its first audio was ready
@@ -207,9 +228,22 @@ def main() -> int:
                         help="comma-separated MODEL/ASR/LANGUAGE (language en or zh picks the question set)")
     parser.add_argument("--limit", type=int, default=0, help="ask only the first N questions of each set")
     parser.add_argument("--out", default=str(ROOT / "bench_out" / "answers"))
+    parser.add_argument("--typed", action="store_true", help="type the questions instead (the model alone, no audio)")
+    parser.add_argument("extra", nargs="*", help="program flags after --, for --typed")
     args = parser.parse_args()
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
+    if args.typed:
+        for name in args.candidates.split(","):
+            questions = MANDARIN if name.endswith("/zh") else ENGLISH
+            result = run_typed(name, questions[: args.limit] if args.limit else questions, work, args.extra)
+            print(f"{result['candidate']}: {result['correct']}/{result['questions']} ({result['accuracy']:.0%})")
+            for row in result["rows"]:
+                if not row["correct"]:
+                    print(f"    wrong: {row['question']!r} -> {row['reply'][:90]!r}")
+            with open(work / "typed.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(result, ensure_ascii=False) + "\n")
+        return 0
     results = []
     for name in args.candidates.split(","):
         questions = MANDARIN if name.endswith("/zh") else ENGLISH
