@@ -195,8 +195,9 @@ def measure(name: str, model: str, language: str | None, threads: int, english, 
         outcomes = []
         for clip in clips:
             transcript = transcriber.transcribe_full(clip.audio)
-            outcomes.append((clip.name, transcript.text[:60], transcript.hallucination(limits) or "KEPT"))
-        return sum(1 for _, text, why in outcomes if not text or why != "KEPT"), outcomes
+            outcomes.append((clip.name, transcript.text[:60], transcript.hallucination(limits) or "KEPT",
+                             round(transcript.avg_logprob, 3), round(transcript.no_speech_prob, 3)))
+        return sum(1 for _, text, why, _, _ in outcomes if not text or why != "KEPT"), outcomes
 
     silent_dropped, silent_rows = dropped(silent)
     foreign_dropped, foreign_rows = dropped(foreign) if language == "en" and model == "tiny.en" else (None, [])

@@ -54,7 +54,7 @@ def test_defaults_match_the_previous_argparse_defaults():
         "aec": True, "echo_guards": True, "speaker_lock": None, "simulate_echo": False, "record_mic": None,
         "echo_delay_ms": 60, "echo_gain_db": 0.0, "log_level": "INFO",
         # in AssistantConfig only until now
-        "temperature": 0.6, "keep_recent_turns": 4, "min_utterance_ms": 250, "vad_threshold": 0.5,
+        "temperature": 0.0, "keep_recent_turns": 4, "min_utterance_ms": 250, "vad_threshold": 0.5,
         # other servers (issue 12)
         "llm_api": "auto", "llm_model_name": None, "llm_fallback_url": (), "llm_api_key_env": None,
         "allow_insecure_key": False, "llm_reply_limit_s": 120,
@@ -63,7 +63,7 @@ def test_defaults_match_the_previous_argparse_defaults():
         # the console (issue 14)
         "plain": False, "text": False, "speak": True, "cues": None,
         # answers worth hearing (issue 10)
-        "language": "en", "max_no_speech_prob": 0.6, "min_avg_logprob": -1.0, "max_compression_ratio": 2.4,
+        "language": "en", "max_no_speech_prob": 0.6, "min_avg_logprob": -1.2, "max_compression_ratio": 2.4,
         "tts_model_zh": None,
     }  # fmt: skip
     assert Config().flat() == expected
@@ -217,7 +217,7 @@ def test_printed_config_is_grouped_and_commented():
         assert any(line.startswith("#") and line.endswith(title) for line in text.splitlines()), title
     assert "instead of starting one\n# llm_url =" in text
     assert "(not set)" in text
-    assert "\ntemperature = 0.6\n" in text and "\naec = true\n" in text
+    assert "\ntemperature = 0.0\n" in text and "\naec = true\n" in text
     assert set(tomllib.loads(text)) == {name for name, value in Config().flat().items() if value is not None}
 
 

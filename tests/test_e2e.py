@@ -318,6 +318,7 @@ def test_a_mandarin_question_gets_a_spoken_mandarin_answer(tmp_path):
     said = "".join(ch for ch in turn["assistant_heard"] if ch.isalnum())
     heard = "".join(ch for ch in heard if ch.isalnum())
     matcher = __import__("difflib").SequenceMatcher(None, said, heard)
-    assert matcher.ratio() > 0.6 and "首都" in heard, (said, heard)  # Mandarin speech of the reply (CER about 13 %)
+    # Mandarin speech of the reply (the voice's CER is 9 to 16 %; a name like 柏林 may come back as 博伶)
+    assert matcher.ratio() > 0.6 and "德国" in heard, (said, heard)
     line = json.loads((tmp_path / "transcript.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert line["user"] == turn["user"] and "柏林" in line["assistant"]

@@ -310,7 +310,9 @@ def test_the_live_view_shows_the_state_what_was_heard_and_the_reply(pulse_env, t
     player.wait(timeout=10)
     screen = terminal.wait_for("turn 1:", 5)
     assert {"hearing you", "speaking"} <= states, states  # thinking may pass between two looks
-    assert "You: What is the capital of France" in screen and "Assistant: " in screen
+    heard = [line for line in screen.splitlines() if line.startswith("You: ")]
+    assert heard and "capital" in heard[0] and "France" in heard[0], screen  # tiny.en may hear "capital on France"
+    assert "Assistant: " in screen, screen
     terminal.keys("C-c")
     assert terminal.exit_status(10) == 0
     assert "● listening" not in terminal.screen()  # the live region is gone: the terminal is left clean
@@ -343,7 +345,8 @@ def test_typing_is_answered_with_voice_and_typing_during_a_reply_interrupts_it(p
     audio, rate = soundfile.read(str(tmp_path / "spk.wav"), dtype="float32")
     audio = audio.mean(axis=1) if audio.ndim > 1 else audio
     spans = voiced_spans(audio, rate)
-    assert sum(end - start for start, end in spans) > 3.0, "the typed questions were not answered with voice"
+    # a second of the story, then the short answer ("Two plus two is four.", about 1.5 s)
+    assert sum(end - start for start, end in spans) > 1.8, "the typed questions were not answered with voice"
 
 
 def test_sound_check_through_pulseaudio(pulse_env, tmp_path):

@@ -48,7 +48,7 @@ class HallucinationLimits:
     """When a transcript is the decoder's invention rather than what was said (Whisper's own signals)."""
 
     max_no_speech_prob: float = 0.6  # "no speech" this likely, with words it is unsure of (avg_logprob < -0.5)
-    min_avg_logprob: float = -1.0  # words this unlikely on average are a guess
+    min_avg_logprob: float = -1.2  # words this unlikely on average are a guess (real speech: -1.0 at worst)
     max_compression_ratio: float = 2.4  # text this repetitive ("3. 3. 3. 3.") is a decoding loop
 
 

@@ -95,8 +95,9 @@ class SpeechConfig:
     max_no_speech_prob: float = option(0.6, "a transcript whose decoder says 'no speech' with at least this "
                                             "probability, and is unsure of its words, is dropped as a hallucination",
                                        min=0, max=1, metavar="P")
-    min_avg_logprob: float = option(-1.0, "a transcript whose words average less than this log-probability per token "
-                                          "is dropped as a hallucination", max=0, metavar="LOGP")
+    min_avg_logprob: float = option(-1.2, "a transcript whose words average less than this log-probability per token "
+                                          "is dropped as a hallucination (real recorded English: -1.0 at worst; "
+                                          "Mandarin heard by tiny.en: -1.0 to -2.3)", max=0, metavar="LOGP")
     max_compression_ratio: float = option(2.4, "a transcript that compresses better than this (a repeated phrase) "
                                                "is dropped as a hallucination", min=1, max=10, metavar="RATIO")
     vad_threshold: float = option(0.5, "Silero speech probability that counts as speech, from 0 to 1",
@@ -140,7 +141,8 @@ class LLMConfig:
                                        "(0: none; its own default of 8192 grew it by 2.9 GB in an hour)", min=-1,
                                     metavar="MIB")
     max_reply_tokens: int = option(96, "longest reply, in tokens", min=1, metavar="TOKENS")
-    temperature: float = option(0.6, "sampling temperature, from 0 (always the likeliest token) to 2",
+    temperature: float = option(0.0, "sampling temperature, from 0 (always the likeliest token: the most right "
+                                     "answers in bench_answers) to 2",
                                 min=0, max=2, metavar="T")
     system_prompt: str = option(DEFAULT_SYSTEM_PROMPT, "the assistant's persona, sent as the system message (text)",
                                 metavar="TEXT")
