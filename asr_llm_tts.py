@@ -90,6 +90,7 @@ class VoiceConversationSystem:
         mic=None,  # mic.MicrophoneChain: room, echo canceller, VAD, utterance tracker, ASR feed
         recognizer=None,  # asr.SpeechRecognizer: RealtimeSTT's final transcripts
         speculation=None,  # speculation.SpeculativeTranscriber: transcripts during the end-of-turn silence
+        turn_judge=None,  # turn_detector.TurnJudge: does the pause end a finished sentence? (--turn-detector smart)
         defense: SelfSpeechDefense | None = None,
         supervisor=None,  # supervisor.LLMSupervisor: keeps the LLM backend reachable
         device_monitor=None,  # devices.DeviceMonitor
@@ -105,6 +106,7 @@ class VoiceConversationSystem:
         self.mic = mic
         self.recognizer = recognizer
         self.speculation = speculation
+        self.turn_judge = turn_judge
         self.defense = defense or SelfSpeechDefense()
         self.supervisor = supervisor
         self.device_monitor = device_monitor
@@ -154,6 +156,8 @@ class VoiceConversationSystem:
             worker.start()
         if self.speculation is not None:
             self.speculation.start(self._on_spec_text)
+        if self.turn_judge is not None:
+            self.turn_judge.start()
         if self.recognizer is not None:
             self.recognizer.start(self.on_final_text, self._stopping)
         self.sink.start(self.t0)
@@ -161,7 +165,8 @@ class VoiceConversationSystem:
             self.source.start(self.on_audio, self.t0)
         if self.device_monitor is not None:
             self.device_monitor.watch(self.source, self.recognizer, self.llm_worker, self.speech.worker,
-                                      self.control_worker, self.speculation and self.speculation.worker)  # fmt: skip
+                                      self.control_worker, self.speculation and self.speculation.worker,
+                                      self.turn_judge and self.turn_judge.worker)  # fmt: skip
         for name, loop in (("llm-monitor", self.supervisor), ("device-monitor", self.device_monitor)):
             if loop is not None:
                 thread = threading.Thread(target=loop.run, args=(self._stopping,), name=name, daemon=True)
@@ -187,12 +192,13 @@ class VoiceConversationSystem:
         if active is not None:
             self._stop_turn(active, reason="shutdown")
         workers = [self.llm_worker, self.speech.worker, self.control_worker]
-        for stoppable in [*workers, self.speculation, self.supervisor]:
+        for stoppable in [*workers, self.speculation, self.turn_judge, self.supervisor]:
             if stoppable is not None:
                 stoppable.stop()  # wakes the thread; never blocks
         if self.recognizer is not None:
             self.recognizer.shutdown(max(0.05, deadline - time.monotonic()))
         workers += [self.speculation.worker] if self.speculation is not None else []
+        workers += [self.turn_judge.worker] if self.turn_judge is not None else []
         for joinable in [*workers, *self._threads, self.summarizer]:
             joinable.join(max(0.05, deadline - time.monotonic()) / 2)
         self.defense.close(timeout_s=max(1.0, deadline - time.monotonic()))  # torch must not be mid-call at exit
@@ -213,6 +219,7 @@ class VoiceConversationSystem:
             active is None
             and (self.mic is None or not self.mic.tracker.in_utterance)
             and (self.speculation is None or self.speculation.idle())
+            and (self.turn_judge is None or self.turn_judge.idle())
             and (self.recognizer is None or not self.recognizer.busy())
             and self.llm_worker.idle()
             and self.speech.worker.idle()
@@ -234,6 +241,8 @@ class VoiceConversationSystem:
                 if interrupted or not speaking:
                     self._cue("heard")
             elif isinstance(event, PauseSnapshot):
+                if self.turn_judge is not None:
+                    self.turn_judge.submit(event)
                 if self.speculation is not None:
                     self.speculation.submit(event)
             elif isinstance(event, Endpoint):
@@ -288,6 +297,7 @@ class VoiceConversationSystem:
             if promote:
                 turn.tentative = False
                 turn.timings.endpoint_t = time.monotonic()
+                turn.timings.end_of_turn = event.how
                 self.speech.release(turn.turn_id)
         if promote:
             chat_log.info("You: %s", turn.user_text)

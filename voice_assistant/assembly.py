@@ -218,8 +218,9 @@ def build_defense(config: Config, synthesizer, speaker=None, scores=None, voice_
     return defense
 
 
-def build_tracker(config: Config):
-    """Utterance tracking on the VAD: barge-in length, speculation pause, end of turn."""
+def build_tracker(config: Config, semantic: bool = False):
+    """Utterance tracking on the VAD: barge-in length, speculation pause, end of turn (`semantic`: ended
+    by a turn model's verdicts, see endpointing.py)."""
     from .endpointing import UtteranceTracker
 
     return UtteranceTracker(
@@ -227,7 +228,22 @@ def build_tracker(config: Config):
         speculate_after_ms=config.speech.speculate_after_ms,
         end_of_speech_ms=config.speech.end_of_speech_silence_ms,
         min_utterance_ms=config.speech.min_utterance_ms,
+        semantic=semantic,
+        complete_silence_ms=config.speech.turn_complete_silence_ms,
+        max_silence_ms=config.speech.turn_max_silence_ms,
     )
+
+
+def load_turn_model(config: Config):
+    """The Smart Turn model for --turn-detector smart (SetupError if it is missing or not one)."""
+    from .models import smart_turn_model
+    from .turn_detector import SmartTurnModel
+
+    path = smart_turn_model(config.speech.turn_model)
+    try:
+        return SmartTurnModel.load(path, threads=1)
+    except Exception as exc:  # onnxruntime raises its own types for a corrupt or foreign file
+        raise SetupError(f"{path}: cannot load the Smart Turn model: {' '.join(str(exc).split())[:200]}") from None
 
 
 def build_mic_chain(config: Config, file_mode: bool, tracker, recognizer):
@@ -293,7 +309,9 @@ def build_components(config: Config) -> dict:
             model=resolve_asr_model(speech.asr_model, speech.language),
             language=None if speech.language == "auto" else speech.language,
             threads=speech.asr_threads,
-            end_of_speech_silence_s=speech.end_of_speech_silence_ms / 1000.0,
+            # smart: RealtimeSTT's own end of turn must never come before the turn model's longest wait
+            end_of_speech_silence_s=(speech.turn_max_silence_ms + 300 if speech.turn_detector == "smart"
+                                     else speech.end_of_speech_silence_ms) / 1000.0,
             early_transcription_ms=0,
         )
         transcriber = scores = None
@@ -330,9 +348,16 @@ def build_components(config: Config) -> dict:
             list(client.stream({"prompt": prompt, "n_predict": 1, "cache_prompt": True, "id_slot": 0}))
         else:
             supervisor.mark_down()  # start_llm printed the status line
-        speculation = recognizer = mic = None
+        speculation = recognizer = mic = turn_judge = None
         if hearing:
-            tracker = build_tracker(config)
+            smart = speech.turn_detector == "smart"
+            tracker = build_tracker(config, semantic=smart)
+            if smart:
+                from .turn_detector import TurnJudge
+
+                turn_model = load_turn_model(config)
+                turn_model.warm_up()
+                turn_judge = TurnJudge(turn_model, tracker, speech.turn_threshold)
             executor = transcriber
             if speech.speculate_after_ms > 0:
                 cache = TranscriptCache(lambda: tracker.last_speech_end_t)
@@ -353,7 +378,7 @@ def build_components(config: Config) -> dict:
         raise
     return dict(
         client=client, synthesizer=synthesizer, sink=sink, source=source, mic=mic, recognizer=recognizer,
-        speculation=speculation, defense=defense, supervisor=supervisor,
+        speculation=speculation, turn_judge=turn_judge, defense=defense, supervisor=supervisor,
         device_monitor=DeviceMonitor(devices), server=server,  # also watches the threads, in file mode too
         transcript=transcript, metrics=metrics, cues=cues,
     )  # fmt: skip

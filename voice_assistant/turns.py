@@ -53,6 +53,7 @@ class TurnTimings:
     first_audio_t: float = 0.0  # first reply sample reached the speaker / output file
     last_block_end_t: float = 0.0  # when the last played block of this turn stops sounding
     endpoint_t: float = 0.0  # a speculative turn was released for playback
+    end_of_turn: str = ""  # why the turn ended: "silence", "complete" (heard as finished), "cap" (waited longest)
 
 
 @dataclass

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Turn-taking benchmark: questions with a pause in the middle, and complete questions, in file mode.
+
+One conversation WAV (espeak-ng) holds questions split in two with a pause of 0.5 to 1.2 s after an
+unfinished half ("How far away is ... the moon?") and complete questions, each followed by a long
+silence. It is run once per end-of-turn detector (`--turn-detector silence`, today's fixed 450 ms,
+and `smart`, the Smart Turn model) and measured from the WAVs:
+
+- cut at a pause: a split question whose answer began to sound (in OUT) before the question's
+  second half had ended, i.e. the assistant spoke into the user's pause;
+- false holds: complete questions whose turn ended only at --turn-max-silence-ms (the model heard
+  them as unfinished; from --metrics-json `end_of_turn == "cap"`);
+- voice-to-voice p50/p95 on complete questions: end of the question's speech in IN to the first
+  sound of the reply in OUT;
+- the turn model's own time per judgement is in the program's DEBUG log, not here.
+
+Writes bench_out/turns/result.json. Run it on a quiet machine (about 5 minutes).
+Usage: .venv/bin/python scripts/bench_turns.py [--detectors silence,smart] [-- extra program flags]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from benchlib import ROOT  # noqa: E402  (also sets the import paths)
+
+from speech import conversation  # noqa: E402
+
+from voice_assistant.metrics import read_metrics  # noqa: E402
+
+SPLIT = [
+    ("I want to know about the", "capital of France."), ("How far away is", "the moon?"),
+    ("Can you tell me", "what bees make?"), ("What is the name of", "the largest planet?"),
+    ("How many legs", "does a spider have?"), ("Tell me the colour of", "the sky."),
+    ("Which animal is", "the biggest in the world?"), ("What do you call", "a baby cat?"),
+]  # fmt: skip
+PAUSES_S = (0.5, 0.7, 0.9, 1.2)
+COMPLETE = [
+    "What is two plus two?", "How many days are in a week?", "What is the opposite of hot?",
+    "Where do penguins live?", "Which planet is the largest?", "What colour is grass?",
+    "How many hours are in a day?", "What is the tallest mountain?",
+]  # fmt: skip
+GAP_S = 8.0
+SILENCE = 0.01
+
+
+def build(work: Path) -> tuple[Path, list[dict]]:
+    """The conversation WAV and, per question, its kind and the spans of its parts."""
+    parts: list = [1.0]
+    layout: list[tuple[str, int]] = []  # (kind, number of spoken parts)
+    for index in range(max(len(SPLIT), len(COMPLETE))):
+        if index < len(SPLIT):
+            first, second = SPLIT[index]
+            parts += [first, PAUSES_S[index % len(PAUSES_S)], second, GAP_S]
+            layout.append(("split", 2))
+        if index < len(COMPLETE):
+            parts += [COMPLETE[index], GAP_S]
+            layout.append(("complete", 1))
+    path, spans = conversation(parts, work / "in.wav", 16000)
+    questions, cursor = [], 0
+    for kind, count in layout:
+        questions.append({"kind": kind, "spans": spans[cursor : cursor + count]})
+        cursor += count
+    return path, questions
+
+
+def first_sound(out: np.ndarray, rate: int, start_s: float, end_s: float) -> float | None:
+    window = out[int(start_s * rate) : int(end_s * rate)]
+    loud = np.nonzero(np.abs(window) > SILENCE)[0]
+    return None if len(loud) == 0 else start_s + loud[0] / rate
+
+
+def run(detector: str, in_wav: Path, questions: list[dict], work: Path, extra: list[str]) -> dict:
+    folder = work / detector
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics_path = folder / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    command = [sys.executable, str(ROOT / "asr_llm_tts.py"), "--input-wav", str(in_wav), "--output-wav",
+               str(folder / "out.wav"), "--metrics-json", str(metrics_path), "--no-cues", "--max-reply-tokens", "32",
+               "--server-log", str(folder / "server.log"), "--turn-detector", detector, *extra]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    (folder / "program.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"{detector}: the program failed (exit {result.returncode}); see {folder / 'program.log'}")
+    out, rate = soundfile.read(str(folder / "out.wav"), dtype="float32")
+    turns = read_metrics(metrics_path)["turns"]
+    cut, v2v, rows = 0, [], []
+    for question in questions:
+        end = question["spans"][-1][1]
+        if question["kind"] == "split":
+            early = first_sound(out, rate, question["spans"][0][1], end)  # the assistant spoke into the pause
+            cut += early is not None
+            rows.append({"kind": "split", "pause_s": round(question["spans"][1][0] - question["spans"][0][1], 2),
+                         "spoke_into_pause": early is not None})  # fmt: skip
+        else:
+            start = first_sound(out, rate, end, end + GAP_S)
+            v2v.append(None if start is None else (start - end) * 1000.0)
+            rows.append({"kind": "complete", "v2v_ms": v2v[-1]})
+    # a turn belongs to the complete question whose speech ended closest before its speech_end_s
+    complete_ends = [q["spans"][-1][1] for q in questions if q["kind"] == "complete"]
+    held = sum(1 for t in turns if t.get("end_of_turn") == "cap"
+               and any(abs(t["speech_end_s"] - end) < 0.3 for end in complete_ends))  # fmt: skip
+    heard = [v for v in v2v if v is not None]
+    return {
+        "detector": detector, "split_questions": sum(q["kind"] == "split" for q in questions),
+        "cut_at_pause": cut, "complete_questions": len(complete_ends), "false_holds": held,
+        "answered": len(heard), "turns": len(turns), "users": [t["user"] for t in turns],
+        "v2v_p50_ms": float(np.percentile(heard, 50)) if heard else None,
+        "v2v_p95_ms": float(np.percentile(heard, 95)) if heard else None, "rows": rows,
+    }  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--detectors", default="silence,smart")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "turns")
+    parser.add_argument("extra", nargs="*", help="program flags after --")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    in_wav, questions = build(args.out)
+    results = []
+    for detector in args.detectors.split(","):
+        print(f"{detector}: {len(questions)} questions ...", flush=True)
+        results.append(run(detector, in_wav, questions, args.out, args.extra))
+        (args.out / "result.json").write_text(json.dumps(results, indent=1) + "\n")
+    print("| end of turn | cut at a mid-question pause | false holds (complete questions) | "
+          "voice-to-voice p50 / p95 (complete) | turns |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for r in results:
+        p50 = "-" if r["v2v_p50_ms"] is None else f"{r['v2v_p50_ms']:.0f}"
+        p95 = "-" if r["v2v_p95_ms"] is None else f"{r['v2v_p95_ms']:.0f}"
+        print(f"| {r['detector']} | {r['cut_at_pause']}/{r['split_questions']} | {r['false_holds']}/"
+              f"{r['complete_questions']} | {p50} / {p95} ms | {r['turns']} |")
+    print(f"result: {args.out / 'result.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Semantic end of turn: has the user finished what they were saying, judged from the sound of it?
+
+Smart Turn v3.2 (pipecat, BSD-2-Clause) is a small Whisper-encoder classifier: it takes the last
+8 s of the utterance as 80-bin Whisper log-mel features and says how likely the turn is complete,
+from intonation and the words' rhythm ("How far away is ..." rising and hanging, against "... the
+moon?" falling). The ONNX file is taken out of the pipecat-ai wheel at set-up (bundles.py); pipecat
+itself is never imported.
+
+`smart_turn_features()` is the feature extraction the model was trained with (Hugging Face's
+WhisperFeatureExtractor with chunk_length=8 and do_normalize=True): the waveform is normalized to
+zero mean and unit variance, then faster-whisper's own log-mel extractor (the same Slaney mel
+filters and log compression as Whisper) turns it into (80, 800) features.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .workers import QueueWorker
+
+log = logging.getLogger(__name__)
+
+RATE_HZ = 16000
+WINDOW_S = 8
+WINDOW_SAMPLES = WINDOW_S * RATE_HZ
+FRAMES = WINDOW_SAMPLES // 160  # 10 ms hops: 800 frames
+MEL_BINS = 80
+
+_extractor = None
+_extractor_lock = threading.Lock()
+
+
+def _whisper_extractor():
+    global _extractor
+    with _extractor_lock:
+        if _extractor is None:
+            from faster_whisper.feature_extractor import FeatureExtractor
+
+            _extractor = FeatureExtractor(feature_size=MEL_BINS, chunk_length=WINDOW_S)
+        return _extractor
+
+
+def last_window(audio: np.ndarray) -> np.ndarray:
+    """The last 8 s of float32 16 kHz audio; shorter audio is padded with silence in front."""
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if len(audio) >= WINDOW_SAMPLES:
+        return audio[-WINDOW_SAMPLES:]
+    return np.concatenate([np.zeros(WINDOW_SAMPLES - len(audio), dtype=np.float32), audio])
+
+
+def smart_turn_features(audio: np.ndarray) -> np.ndarray:
+    """(80, 800) float32 log-mel features of the last 8 s of `audio` (float32, 16 kHz mono)."""
+    window = last_window(audio)
+    window = (window - window.mean()) / np.sqrt(window.var() + 1e-7)
+    features = _whisper_extractor()(window.astype(np.float32), padding=0)
+    return np.ascontiguousarray(features[:, :FRAMES], dtype=np.float32)
+
+
+class SmartTurnModel:
+    """The Smart Turn ONNX model on onnxruntime, with an explicit thread budget. Thread-safe."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int = 1) -> SmartTurnModel:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        [model_input] = session.get_inputs()
+        if model_input.name != "input_features" or list(model_input.shape[1:]) != [MEL_BINS, FRAMES]:
+            raise ValueError(f"{path}: not a Smart Turn v3 model (input {model_input.name} {model_input.shape})")
+        return cls(session)
+
+    def probability(self, audio: np.ndarray) -> float:
+        """How likely the turn that ends with `audio` (float32 16 kHz) is complete, from 0 to 1."""
+        features = smart_turn_features(audio)[np.newaxis]
+        with self._lock:
+            [output] = self.session.run(None, {"input_features": features})
+        return float(np.asarray(output).reshape(-1)[0])
+
+    def warm_up(self) -> None:
+        self.probability(np.zeros(RATE_HZ, dtype=np.float32))
+
+
+class TurnJudge:
+    """The `turn` worker: judges each pause snapshot that is still the newest utterance, and tells the
+    utterance tracker (`set_verdict`), which ends the turn soon (finished) or waits (unfinished)."""
+
+    def __init__(self, model, tracker, threshold: float = 0.5) -> None:
+        self.model = model  # .probability(float32 16 kHz audio) -> float
+        self.tracker = tracker  # endpointing.UtteranceTracker
+        self.threshold = threshold
+        self.worker = QueueWorker("turn", self._handle)
+        self.last: tuple[float, float, float] | None = None  # (speech_end_t, probability, ms) of the last judged
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def submit(self, snapshot) -> None:
+        """Audio-in thread: a `PauseSnapshot`."""
+        self.worker.put(snapshot)
+
+    def idle(self) -> bool:
+        return self.worker.idle()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def _handle(self, snapshot) -> None:
+        if snapshot.speech_end_t != self.tracker.last_speech_end_t:
+            return  # the user spoke again: a newer snapshot is queued
+        start = time.perf_counter()
+        probability = self.model.probability(snapshot.audio)
+        self.tracker.set_verdict(snapshot.speech_end_t, probability >= self.threshold)
+        self.last = (snapshot.speech_end_t, probability, (time.perf_counter() - start) * 1000.0)
+        log.debug("turn %s (probability %.2f, %.0f ms)", "finished" if probability >= self.threshold else "unfinished",
+                  probability, self.last[2])
