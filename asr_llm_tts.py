@@ -37,7 +37,7 @@ from voice_assistant.language import turn_language, with_reply_hint
 from voice_assistant.text import clean_for_speech, words_in
 from voice_assistant.turns import (EndOfText, ReplyPlayed, Respond, Resume, SentenceItem, Turn, TurnCounter,
                                    TurnTimings, WriteRecords)  # fmt: skip
-from voice_assistant.workers import QueueWorker, log_thread_deaths
+from voice_assistant.workers import QueueWorker, arm_exit_watchdog, log_thread_deaths
 
 log = logging.getLogger("voice_assistant.system")
 chat_log = logging.getLogger("voice_assistant.chat")
@@ -59,6 +59,7 @@ STOP_COMMANDS = frozenset(
      "算了", "取消"]
 )  # fmt: skip
 """Utterances that only ask the assistant to be silent: it stops and listens, without answering."""
+EXIT_LIMIT_S = 6.0  # longest the stop may take (close() itself keeps to 1.8 s) before the watchdog ends the process
 MAX_USER_CHARS = 4000  # an utterance longer than this (minutes of speech) keeps only its last words
 
 
@@ -721,6 +722,9 @@ def converse(config) -> int:
     launch_t = time.monotonic()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C stops us even when we were started with SIGINT ignored (a background job of a shell without
+    # job control, as `cmd &` in a script, passes that on, and Python then never raises KeyboardInterrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     system = keyboard = view = error = None
     live = config.audio.input_wav is None
     try:
@@ -755,6 +759,9 @@ def converse(config) -> int:
             if part is not None:
                 part.stop()  # the terminal as it was, before anything else is printed
         if system is not None:
+            from voice_assistant.assembly import state_dir
+
+            arm_exit_watchdog(EXIT_LIMIT_S, state_dir() / "shutdown-hang.log")
             system.close()  # every part stopped, in order, before the last line and the exit
     if error is not None:
         print(f"error: {error}", file=sys.stderr)

@@ -156,7 +156,10 @@ def test_ctrl_c_mid_reply_stops_within_2_s_and_keeps_finished_turns(tmp_path):
         except subprocess.TimeoutExpired:
             program.kill()
             reader.join()
-            pytest.fail("Ctrl-C did not stop the program within 10 s; its last lines: " + " | ".join(reader.seen[-15:]))
+            hang = Path.home() / ".local" / "state" / "voice-assistant" / "shutdown-hang.log"
+            stacks = hang.read_text()[-6000:] if hang.exists() else "(no shutdown-hang.log)"
+            pytest.fail("Ctrl-C did not stop the program within 10 s; its last lines: " + " | ".join(reader.seen[-15:])
+                        + "\n" + stacks)
         assert status == 0
         elapsed = time.monotonic() - started
     finally:

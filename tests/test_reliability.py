@@ -618,3 +618,30 @@ def test_a_turn_without_tokens_ends_with_the_too_slow_apology():
             assert h.answer("again") == "Fine."
         finally:
             h.close()
+
+
+def test_a_stop_that_hangs_is_ended_by_the_exit_watchdog_with_the_thread_stacks(tmp_path):
+    """A part that never stops (here: a non-daemon thread the interpreter waits for at exit) must not
+    leave the program hanging after Ctrl-C: one line, the stacks in a file, exit status 1."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    stacks = tmp_path / "shutdown-hang.log"
+    code = (
+        "import threading, time, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from voice_assistant.workers import arm_exit_watchdog\n"
+        "threading.Thread(target=lambda: time.sleep(60), name='stuck-part').start()\n"
+        f"arm_exit_watchdog(0.5, __import__('pathlib').Path({str(stacks)!r}))\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: stopping took over 0.5 s, quitting anyway; what each thread was doing is in {stacks}"
+    ], result.stderr
+    text = stacks.read_text()
+    assert "stopping took over 0.5 s" in text and "<lambda>" in text  # the stuck thread's stack

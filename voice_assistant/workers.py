@@ -7,9 +7,14 @@ kills a thread. Tests can call `run()` on their own thread after queueing items 
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
 import queue
+import sys
 import threading
+import time
+from pathlib import Path
 from typing import Callable
 
 from .turns import STOP
@@ -87,3 +92,28 @@ def log_thread_deaths() -> None:
         log.debug("the %s thread failed", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
     threading.excepthook = hook
+
+
+def arm_exit_watchdog(limit_s: float, stacks_path: Path) -> None:
+    """Stopping must never hang: if the process is still alive `limit_s` after this call (a part that
+    will not stop, a thread the interpreter waits for at exit), append every thread's stack to
+    `stacks_path`, print one line and end the process with status 1."""
+
+    def watch() -> None:
+        time.sleep(limit_s)
+        where = ""
+        try:
+            stacks_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(stacks_path, "a", encoding="utf-8") as file:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                file.write(f"--- stopping took over {limit_s:g} s ({stamp}), pid {os.getpid()}\n")
+                file.flush()
+                faulthandler.dump_traceback(file=file, all_threads=True)
+            where = f"; what each thread was doing is in {stacks_path}"
+        except OSError:
+            pass
+        sys.stderr.write(f"error: stopping took over {limit_s:g} s, quitting anyway{where}\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
