@@ -31,6 +31,7 @@ import soundfile
 
 from benchlib import ROOT  # noqa: E402  (also sets the import paths)
 
+from bench_latency import first_sound_after  # noqa: E402
 from speech import conversation  # noqa: E402
 
 from voice_assistant.metrics import read_metrics  # noqa: E402
@@ -48,7 +49,6 @@ COMPLETE = [
     "How many hours are in a day?", "What is the tallest mountain?",
 ]  # fmt: skip
 GAP_S = 8.0
-SILENCE = 0.01
 
 
 def build(work: Path) -> tuple[Path, list[dict]]:
@@ -71,12 +71,6 @@ def build(work: Path) -> tuple[Path, list[dict]]:
     return path, questions
 
 
-def first_sound(out: np.ndarray, rate: int, start_s: float, end_s: float) -> float | None:
-    window = out[int(start_s * rate) : int(end_s * rate)]
-    loud = np.nonzero(np.abs(window) > SILENCE)[0]
-    return None if len(loud) == 0 else start_s + loud[0] / rate
-
-
 def run(detector: str, in_wav: Path, questions: list[dict], work: Path, extra: list[str]) -> dict:
     folder = work / detector
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,12 +89,13 @@ def run(detector: str, in_wav: Path, questions: list[dict], work: Path, extra: l
     for question in questions:
         end = question["spans"][-1][1]
         if question["kind"] == "split":
-            early = first_sound(out, rate, question["spans"][0][1], end)  # the assistant spoke into the pause
+            pause_start = question["spans"][0][1]
+            early = first_sound_after(out, rate, pause_start, end - pause_start)  # the assistant spoke into the pause
             cut += early is not None
             rows.append({"kind": "split", "pause_s": round(question["spans"][1][0] - question["spans"][0][1], 2),
                          "spoke_into_pause": early is not None})  # fmt: skip
         else:
-            start = first_sound(out, rate, end, end + GAP_S)
+            start = first_sound_after(out, rate, end, GAP_S)
             v2v.append(None if start is None else (start - end) * 1000.0)
             rows.append({"kind": "complete", "v2v_ms": v2v[-1]})
     # a turn belongs to the complete question whose speech ended closest before its speech_end_s
