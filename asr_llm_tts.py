@@ -117,7 +117,7 @@ class VoiceConversationSystem:
         self.cues = cues
         self.turns = TurnCounter()
         self.history = History(config.llm.history_trim_threshold, config.llm.keep_recent_turns)
-        self.summarizer = HistorySummarizer.from_config(client, self.history, config.llm)
+        self.summarizer = HistorySummarizer.from_config(client, self.history, config.llm, config.system_prompt)
         hold = mic.asr_hold if mic is not None and config.llm.pause_asr_during_prefill else None
         self.replies = ReplyStreamer(client, ReplyOptions.from_config(config), prefill_hold=hold)
         self.speech = SpeechWorker(synthesizer, sink, self.turns, self._on_audio_ready)
@@ -128,6 +128,7 @@ class VoiceConversationSystem:
         self._active: Turn | None = None  # the turn being answered; guarded by _lock
         self._resumable: Turn | None = None  # reply cut by a barge-in that may prove false; guarded by _lock
         self._endpoint_for = 0.0  # speech_end_t of the last utterance whose turn is over; guarded by _lock
+        self._onset_hold = False  # the reply's audio is held for a voice that started; audio-in thread only
         self._no_words_for = 0.0  # utterance transcribed as empty, waiting for its endpoint; guarded by _lock
         self._last_play_end_t = 0.0  # when the last reply block stopped sounding; guarded by _lock
         self._stopping = threading.Event()
@@ -235,10 +236,12 @@ class VoiceConversationSystem:
         for event in self.mic.process(chunk, end_t):
             if isinstance(event, SpeechStart):
                 self._cancel_tentative()  # the user goes on talking: the speculative answer is moot
+                self._hold_for_onset()
             elif isinstance(event, SpeechLong):
                 speaking = self._assistant_speaking()
                 interrupted = (self.config.barge_in.barge_in and not self.mic.echo_unsafe()
                                and self.interrupt(onset_t=event.onset_t, decision_t=event.decision_t))  # fmt: skip
+                self._release_onset_hold()
                 if interrupted or not speaking:
                     self._cue("heard")
             elif isinstance(event, PauseSnapshot):
@@ -248,6 +251,22 @@ class VoiceConversationSystem:
                     self.speculation.submit(event)
             elif isinstance(event, Endpoint):
                 self._on_endpoint(event)
+        if self._onset_hold and not self.mic.tracker.in_speech_run:
+            self._release_onset_hold()  # a cough or a click, shorter than an interruption: the reply goes on
+
+    def _hold_for_onset(self) -> None:
+        """Audio-in thread: a voice starts while the assistant speaks: hold the reply's audio at once (as a
+        person stops to listen). SpeechLong then interrupts it for good; a shorter sound lets it go on."""
+        barge_in = self.config.barge_in
+        if barge_in.barge_in and barge_in.pause_on_speech_onset and self._assistant_speaking() and not self.mic.echo_unsafe():
+            self.sink.pause(max_s=barge_in.barge_in_min_speech_ms / 1000.0 + 0.5)
+            self._onset_hold = True
+
+    def _release_onset_hold(self) -> None:
+        """Audio-in thread: end the hold (after an interruption the queue is empty: nothing more plays)."""
+        if self._onset_hold:
+            self._onset_hold = False
+            self.sink.resume()
 
     def _cue(self, name: str) -> None:
         """Play the cue `name` ("heard", "thinking"), once echo cancellation knows the room."""

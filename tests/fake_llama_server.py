@@ -18,6 +18,10 @@ Tests order concurrent steps with events, never sleeps:
 - `hung_up` is set each time a client hangs up mid-stream (a write fails, the connection is
   reset, or the client closes while the server still had more to send); `hangups` counts them.
 - `requests` records every request (method, path, parsed JSON body, headers).
+- Prompt cache, as llama-server keeps one per slot: a /completion request with `cache_prompt` and
+  `id_slot` reads only what its prompt does not share with that slot's last prompt and reply.
+  `prompt_reads` records (slot, characters read, characters reused) per request; a character
+  stands for a token.
 
 Use it as a context manager (`with FakeLlamaServer() as server: ...`) or through the
 `fake_llama_server` fixture; `stop()` ends every handler thread.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import select
 import socket
 import socketserver
@@ -240,8 +245,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/completion":
             reply = self.fake._next_reply()
             self.close_connection = True
+            read, reused = self.fake._read_prompt(body, reply)
             try:
-                self._stream(reply)
+                self._stream(reply, read, reused)
             except _HangUp:
                 self.fake._note_hangup()
             except _Stopping:
@@ -263,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             raise _HangUp from None
 
-    def _stream(self, reply: Reply) -> None:
+    def _stream(self, reply: Reply, prompt_n: int = 5, cache_n: int = 0) -> None:
         if reply.status != 200:
             self._send_json(reply.status, {"error": {"code": reply.status, "message": reply.error_message, "type": "server_error"}})
             return
@@ -305,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
             "content": "",
             "stop": True,
             "stop_type": reply.stop_type,
-            "timings": {"prompt_ms": 1.0, "cache_n": 0, "prompt_n": 5, "predicted_n": n},
+            "timings": {"prompt_ms": 1.0, "cache_n": cache_n, "prompt_n": prompt_n, "predicted_n": n},
         }
         if reply.chunk_size:
             self._chunk(event(final), reply)
@@ -372,6 +378,8 @@ class FakeLlamaServer:
         self.default_reply = Reply()
         self.replies: collections.deque[Reply] = collections.deque()
         self.requests: list[RecordedRequest] = []
+        self.slot_caches: dict[int, str] = {}  # what each slot's prompt cache holds
+        self.prompt_reads: list[tuple[int | None, int, int]] = []  # (slot, characters read, reused) per /completion
         self.errors: list[BaseException] = []  # exceptions that escaped a handler
         self.hangups = 0
         self.hung_up = threading.Event()
@@ -446,6 +454,20 @@ class FakeLlamaServer:
         with self._cond:
             self.requests.append(request)
             self._cond.notify_all()
+
+    def _read_prompt(self, body: Any, reply: Reply) -> tuple[int, int]:
+        """Characters of the prompt read and reused from the slot's cache; the cache then holds the
+        prompt and the scripted reply."""
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+            return 5, 0
+        prompt, slot = body["prompt"], body.get("id_slot")
+        with self._cond:
+            cached = self.slot_caches.get(slot, "") if body.get("cache_prompt") and slot is not None else ""
+            reused = len(os.path.commonprefix([cached, prompt]))
+            if slot is not None:
+                self.slot_caches[slot] = prompt + "".join(p for p in reply.pieces if isinstance(p, str))
+            self.prompt_reads.append((slot, len(prompt) - reused, reused))
+        return len(prompt) - reused, reused
 
     def _next_reply(self) -> Reply:
         with self._cond:

@@ -64,7 +64,9 @@ class FakeAudioSink(AudioSink):
         pass
 
     def play_next(self) -> list:
-        """Play one tick; return what was reported."""
+        """Play one tick; return what was reported (nothing while paused: the speaker plays silence)."""
+        if self.paused:
+            return []
         items = self.queue.take()
         for item in items:
             self.listener(item, self.clock)

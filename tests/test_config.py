@@ -50,7 +50,8 @@ def test_defaults_match_the_previous_argparse_defaults():
         "speculate_after_ms": 64, "block_ms": 20, "first_chunk_max_words": 8, "first_clause_min_words": 3,
         "use_http2": False, "use_raw_stream": True, "pause_asr_during_prefill": True, "low_latency_mode": True,
         "enable_history_summarization": True, "summarize_after_turns": 10, "history_trim_threshold": 12,
-        "barge_in": True, "barge_in_min_speech_ms": 200, "resume_after_false_interruption": True,
+        "barge_in": True, "barge_in_min_speech_ms": 200, "pause_on_speech_onset": True,
+        "resume_after_false_interruption": True,
         "aec": True, "echo_guards": True, "speaker_lock": None, "simulate_echo": False, "record_mic": None,
         "echo_delay_ms": 60, "echo_gain_db": 0.0, "log_level": "INFO",
         # in AssistantConfig only until now

@@ -15,6 +15,7 @@ import pytest
 from asr_llm_tts import LLM_ERROR_REPLY
 from conftest import TIMEOUT_S, Harness, wait_until
 from fake_llama_server import Reply
+from fakes import FakeAudioSink
 from voice_assistant.defense import SelfSpeechDefense
 from voice_assistant.history import INTERRUPTED_MARK
 
@@ -218,6 +219,59 @@ def test_short_sounds_do_not_barge_in_but_speech_does(server):
         h.close()
 
 
+def test_the_reply_is_held_the_moment_a_voice_starts_and_goes_on_after_a_cough(server):
+    """Onset to silence is the VAD's onset, not onset + --barge-in-min-speech-ms: the reply's audio is
+    held at once; a sound that ends too soon to interrupt lets it go on, losing nothing."""
+    h = Harness(server.url, mic=True, barge_in_min_speech_ms=250)
+    try:
+        gate = threading.Event()
+        server.script(Reply(pieces=["Talking. ", "More talking."], gates={1: gate}))
+        turn = h.system.submit_user_text("hi")
+        wait_until(lambda: h.queued_blocks() > 1, h.sink.item_arrived)
+        h.sink.play_next()  # the assistant is speaking
+        queued = h.queued_blocks()
+        t = h.speak(1, 1000.0)  # a voice starts
+        assert h.sink.paused and h.sink.play_next() == [] and h.queued_blocks() == queued
+        t = h.speak(3, t)  # 128 ms in all: a cough
+        assert h.sink.paused
+        t = h.pause(4, t)  # the sound ended: the reply goes on where it was held, nothing dropped
+        assert not h.sink.paused and h.system.turns.is_current(turn) and not h.system.metrics.barge_ins
+        assert h.queued_blocks() == queued and h.sink.play_next()
+        t = h.speak(1, t)
+        assert h.sink.paused
+        h.pause(5, h.speak(8, t))  # 288 ms of speech: an interruption
+        assert not h.system.turns.is_current(turn) and not h.sink.paused and h.queued_blocks() == 0
+        gate.set()
+    finally:
+        h.close()
+
+
+def test_no_hold_when_the_assistant_is_silent_or_holding_is_off(server):
+    h = Harness(server.url, mic=True, pause_on_speech_onset=False)
+    try:
+        gate = threading.Event()
+        server.script(Reply(pieces=["Talking. ", "More talking."], gates={1: gate}))
+        h.speak(1, 1000.0)
+        assert not h.sink.paused  # nothing playing: nothing to hold
+        h.pause(5, 1000.1)
+        turn = h.system.submit_user_text("hi")
+        wait_until(lambda: h.queued_blocks() > 1, h.sink.item_arrived)
+        h.sink.play_next()
+        h.speak(2, 2000.0)
+        assert not h.sink.paused and h.system.turns.is_current(turn)  # off: only the interruption stops it
+        gate.set()
+    finally:
+        h.close()
+
+
+def test_a_hold_ends_by_itself():
+    sink = FakeAudioSink()
+    sink.pause(max_s=0.05)
+    assert sink.paused
+    time.sleep(0.08)
+    assert not sink.paused
+
+
 def test_history_is_summarized_in_the_background(server):
     h = Harness(server.url, summarize_after_turns=2, keep_recent_turns=1, history_trim_threshold=12)
     try:
@@ -230,8 +284,64 @@ def test_history_is_summarized_in_the_background(server):
         wait_until(lambda: h.system.history.summary != "")
         assert h.system.history.summary == "They talked about numbers."
         assert [e.user for e in h.system.history.exchanges()] == ["question 2"]
-        assert server.completion_bodies[-1]["id_slot"] == 1
         assert "Summary of the earlier conversation" in h.system.history.messages("sys")[0]["content"]
+        summary_body = next(b for b in server.completion_bodies if "Summarize" in b["prompt"])
+        assert summary_body["id_slot"] == 1 and summary_body["cache_prompt"] is False  # slot 0 keeps the conversation
+    finally:
+        h.close()
+
+
+def test_after_a_summary_the_next_turn_reads_only_its_own_words(server):
+    """The summary changes the prompt's head; the new prompt is read into slot 0's cache at once, in
+    the background, so the next turn does not pay for it (the fake server counts what is read)."""
+    h = Harness(server.url, summarize_after_turns=2, keep_recent_turns=1, history_trim_threshold=12)
+    try:
+        for i in range(3):
+            server.script(Reply(pieces=[f"Answer {i}."]))
+        server.script(Reply(pieces=["They talked about numbers."]))  # the summary
+        for i in range(3):
+            h.play_reply(h.system.submit_user_text(f"question {i}"))
+            h.wait_idle()
+        before_summary = server.completion_bodies[2]["prompt"]
+        wait_until(lambda: len(h.system.summarizer.warm_ups) == 1)
+        warm = server.completion_bodies[-1]
+        assert warm["id_slot"] == 0 and warm["cache_prompt"] is True and warm["n_predict"] == 1
+        assert "They talked about numbers." in warm["prompt"] and "question 0" not in warm["prompt"]
+
+        server.script(Reply(pieces=["Answer 3."]))
+        h.play_reply(h.system.submit_user_text("question 3"))
+        h.wait_idle()
+        prompt = server.completion_bodies[-1]["prompt"]
+        assert not prompt.startswith(before_summary[: len(before_summary) - 40])  # the head did change
+        slot, read, reused = server.prompt_reads[-1]
+        new_words = len("<|im_end|>\n<|im_start|>user\nquestion 3<|im_end|>\n<|im_start|>assistant\n")
+        assert slot == 0 and read <= new_words and reused >= len(prompt) - new_words, (read, reused, len(prompt))
+        assert len(h.system.summarizer.warm_ups) == 1
+    finally:
+        h.close()
+
+
+def test_a_summary_cut_by_a_new_turn_warms_nothing_and_is_tried_again_after_it(server):
+    h = Harness(server.url, summarize_after_turns=1, keep_recent_turns=1, history_trim_threshold=12)
+    try:
+        gate = threading.Event()
+        server.script(Reply(pieces=["Answer 0."]), Reply(pieces=["Answer 1."]),
+                      Reply(pieces=["They talked."], gates={0: gate}))  # the summary waits  # fmt: skip
+        for i in range(2):
+            h.play_reply(h.system.submit_user_text(f"question {i}"))
+            h.wait_idle()
+        assert server.wait_until_blocked(gate)
+        server.script(Reply(pieces=["Answer 2."]), Reply(pieces=["They talked again."]))
+        turn = h.system.submit_user_text("question 2")  # aborts the summary: it competes for the CPU
+        assert server.wait_for_hangup()
+        gate.set()
+        h.system.summarizer.join(TIMEOUT_S)
+        assert h.system.summarizer.warm_ups == [] and h.system.history.summary == ""
+        h.play_reply(turn)
+        h.wait_idle()
+        wait_until(lambda: len(h.system.summarizer.warm_ups) == 1)
+        assert h.system.history.summary == "They talked again."
+        assert "They talked again." in server.completion_bodies[-1]["prompt"]
     finally:
         h.close()
 

@@ -122,6 +122,7 @@ class AudioSink:
         self.played_listener: Callable[[np.ndarray, float, np.ndarray], None] | None = None
         self._cue: tuple[np.ndarray, int] | None = None  # a cue being played, and how far; guarded by _cue_lock
         self._cue_lock = threading.Lock()
+        self._paused_until = 0.0  # monotonic time a pause ends by itself; 0: playing (one float: no lock)
 
     def connect(self, listener: PlayListener, is_current: Callable[[int], bool],
                 played_listener: Callable[[np.ndarray, float, np.ndarray], None] | None = None) -> None:  # fmt: skip
@@ -140,6 +141,18 @@ class AudioSink:
         """Audio blocks queued and not yet played (any thread)."""
         return self.queue.pending_blocks()
 
+    def pause(self, max_s: float = 1.0) -> None:
+        """Any thread: hand the device silence instead of the reply, nothing dropped, until `resume()`
+        or at most `max_s` (a pause can never leave the assistant mute)."""
+        self._paused_until = time.monotonic() + max_s
+
+    def resume(self) -> None:
+        self._paused_until = 0.0
+
+    @property
+    def paused(self) -> bool:
+        return time.monotonic() < self._paused_until
+
     def play_cue(self, samples: np.ndarray) -> None:
         """Any thread: mix `samples` (float32 at the sink's rate) into what plays next, whatever the turn.
         An interruption does not drop it; a new cue replaces one still playing. It is not part of the
@@ -149,6 +162,8 @@ class AudioSink:
 
     def _next_block(self, play_t: float) -> np.ndarray | None:
         """The reply's next block (None: silence), its items reported to the listener."""
+        if self._paused_until and self.paused:
+            return None
         block = None
         for item in self.queue.take():
             self.listener(item, play_t)

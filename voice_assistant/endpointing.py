@@ -111,6 +111,11 @@ class UtteranceTracker:
     def in_utterance(self) -> bool:
         return bool(self._utterance_start_t)
 
+    @property
+    def in_speech_run(self) -> bool:
+        """A speech run is open: it began and has not had RUN_GAP_S of silence since."""
+        return bool(self._run_start_t)
+
     def push(self, chunk: np.ndarray, is_speech: bool, end_t: float, maybe_speech: bool | None = None) -> list:
         """`maybe_speech`: above the VAD's lower (onset) threshold; a run that becomes speech
         starts where the maybe-speech began, as Silero's probability ramps up over a chunk or two."""
