@@ -128,7 +128,7 @@ class VoiceConversationSystem:
         self._active: Turn | None = None  # the turn being answered; guarded by _lock
         self._resumable: Turn | None = None  # reply cut by a barge-in that may prove false; guarded by _lock
         self._endpoint_for = 0.0  # speech_end_t of the last utterance whose turn is over; guarded by _lock
-        self._onset_hold = False  # the reply's audio is held for a voice that started; audio-in thread only
+        self._onset_hold = 0.0  # when the reply's audio was held for a voice that started (0: not); audio-in thread only
         self._no_words_for = 0.0  # utterance transcribed as empty, waiting for its endpoint; guarded by _lock
         self._last_play_end_t = 0.0  # when the last reply block stopped sounding; guarded by _lock
         self._stopping = threading.Event()
@@ -241,7 +241,7 @@ class VoiceConversationSystem:
                 speaking = self._assistant_speaking()
                 interrupted = (self.config.barge_in.barge_in and not self.mic.echo_unsafe()
                                and self.interrupt(onset_t=event.onset_t, decision_t=event.decision_t))  # fmt: skip
-                self._release_onset_hold()
+                self._release_onset_hold(interrupted)
                 if interrupted or not speaking:
                     self._cue("heard")
             elif isinstance(event, PauseSnapshot):
@@ -260,12 +260,14 @@ class VoiceConversationSystem:
         barge_in = self.config.barge_in
         if barge_in.barge_in and barge_in.pause_on_speech_onset and self._assistant_speaking() and not self.mic.echo_unsafe():
             self.sink.pause(max_s=barge_in.barge_in_min_speech_ms / 1000.0 + 0.5)
-            self._onset_hold = True
+            self._onset_hold = time.monotonic()
 
-    def _release_onset_hold(self) -> None:
+    def _release_onset_hold(self, interrupted: bool = False) -> None:
         """Audio-in thread: end the hold (after an interruption the queue is empty: nothing more plays)."""
         if self._onset_hold:
-            self._onset_hold = False
+            if not interrupted:
+                log.info("reply held %.0f ms for a sound too short to interrupt", 1000.0 * (time.monotonic() - self._onset_hold))
+            self._onset_hold = 0.0
             self.sink.resume()
 
     def _cue(self, name: str) -> None:

@@ -12,7 +12,16 @@ measures from IN and OUT alone:
 - missed barge-ins (old audio still playing 1 s after the onset), stale audio (old audio that
   starts again after having stopped), and coughs that interrupted.
 
-Usage: .venv/bin/python scripts/bench_barge_in.py [--interruptions 22] [--out bench_out/barge_in]
+With `--live` it goes through the real sound path instead: a private PulseAudio (tests/pulse.py) with
+one 16 kHz mono sink, `room`, that the program plays into and listens to (`room.monitor`: a laptop
+without headphones, the speaker heard at 0 dB), and into which the script plays the user's voice
+(`paplay`). One `parec` of `room.monitor` holds both voices exactly as they met in the room, so the
+numbers need no clock of the program's: each question is found in the recording by
+cross-correlation (its onset is its first voiced sample there), the question's samples are
+subtracted (PulseAudio passes 16-bit audio at the sink's own rate unchanged), and what is left is
+the assistant's voice, whose last sample before the new answer is the silence.
+
+Usage: .venv/bin/python scripts/bench_barge_in.py [--interruptions 30] [--live] [--out bench_out/barge_in]
 Prints p50/p95 and the targets; writes a JSON result. Run it on a quiet machine.
 """
 
@@ -93,13 +102,182 @@ def percentile(values, q):
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def longest_silence(out: np.ndarray, rate: int, start_s: float, end_s: float) -> float:
+    """The longest run of silent 10 ms frames in OUT between the two times, in seconds."""
+    frame = rate // 100
+    window = out[int(start_s * rate) : int(end_s * rate)]
+    loud = np.abs(window[: len(window) // frame * frame]).reshape(-1, frame).max(axis=1) > SILENCE_THRESHOLD
+    best = run = 0
+    for value in loud:
+        run = 0 if value else run + 1
+        best = max(best, run)
+    return best / 100.0
+
+
+class RoomRecorder:
+    """`parec` of the room's monitor at 16 kHz mono, 16-bit, kept in memory."""
+
+    def __init__(self, env: dict) -> None:
+        import threading
+
+        self.chunks: list[bytes] = []
+        self._process = subprocess.Popen(["parec", "--device=room.monitor", "--format=s16le", f"--rate={RATE_HZ}",
+                                          "--channels=1", "--latency-msec=20"], stdout=subprocess.PIPE, env=env)  # fmt: skip
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while data := self._process.stdout.read(1024):
+            self.chunks.append(data)
+
+    def audio(self) -> np.ndarray:
+        data = b"".join(list(self.chunks))
+        return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+
+    def now_s(self) -> float:
+        return sum(len(c) for c in list(self.chunks)) / 2 / RATE_HZ
+
+    def talking_for(self, seconds: float, since_s: float) -> bool:
+        """Most 100 ms frames of the last `seconds`, all after `since_s`, were loud: the assistant is talking."""
+        audio = self.audio()
+        tail = audio[max(int(since_s * RATE_HZ), len(audio) - int(seconds * RATE_HZ)) :]
+        if len(tail) < int(seconds * RATE_HZ):
+            return False
+        frames = tail[: len(tail) // 1600 * 1600].reshape(-1, 1600)
+        return float(np.mean(np.sqrt(np.mean(frames**2, axis=1)) > SILENCE_THRESHOLD)) >= 0.7
+
+    def close(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=5)
+        self._thread.join(timeout=5)
+
+
+def locate(recording: np.ndarray, clip: np.ndarray, from_s: float) -> int:
+    """The sample of `recording` (at or after `from_s`, within 3 s) where `clip` begins."""
+    start = int(from_s * RATE_HZ)
+    window = recording[start : start + int(3.0 * RATE_HZ) + len(clip)]
+    n = len(window) + len(clip)
+    nfft = 1 << (n - 1).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(window, nfft) * np.conj(np.fft.rfft(clip, nfft)), nfft)[: len(window) - len(clip) + 1]
+    return start + int(np.argmax(corr))
+
+
+def run_live(count: int, work: Path) -> int:
+    """--live: see the module docstring."""
+    import tempfile
+
+    from pulse import pulse_env, start_pulse  # noqa: E402  (tests/pulse.py)
+
+    runtime = Path(tempfile.mkdtemp(prefix="pulse-"))
+    env = pulse_env(runtime)
+    daemon = start_pulse(env)
+    log_path = work / "program.log"
+    metrics_path = work / "metrics.json"
+    metrics_path.unlink(missing_ok=True)
+    clips, asked = [], []
+    try:
+        subprocess.run(["pactl", "load-module", "module-null-sink", "sink_name=room", f"rate={RATE_HZ}", "channels=1",
+                        "format=s16le"], env=env, check=True, capture_output=True)  # fmt: skip
+        subprocess.run(["pactl", "set-default-sink", "room"], env=env, check=True)
+        subprocess.run(["pactl", "set-default-source", "room.monitor"], env=env, check=True)
+        for i in range(count + 1):
+            text = f"Tell me a story about {TOPICS[i % len(TOPICS)]}." if i == 0 else (
+                f"Stop. Tell me about {TOPICS[i % len(TOPICS)]} instead.")  # fmt: skip
+            clip = soundfile.read(str(say(text, work / f"q{i}.wav", RATE_HZ)), dtype="float32")[0]
+            clip = np.round(clip * (0.4 / np.abs(clip).max()) * 32767) / 32767  # the sum with the reply must not clip
+            soundfile.write(str(work / f"q{i}.wav"), clip, RATE_HZ, subtype="PCM_16")
+            clips.append(soundfile.read(str(work / f"q{i}.wav"), dtype="float32")[0])
+        command = [sys.executable, str(ROOT / "asr_llm_tts.py"), "--metrics-json", str(metrics_path), "--plain", "--no-cues",
+                   "--system-prompt", SYSTEM_PROMPT, "--max-reply-tokens", "160", "--server-log",
+                   str(work / "server.log")]  # fmt: skip
+        recorder = RoomRecorder(env)
+        with open(log_path, "w") as log_file:
+            program = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            deadline = time.monotonic() + 180
+            while "listening" not in log_path.read_text():
+                if time.monotonic() > deadline or program.poll() is not None:
+                    raise SystemExit(f"the program did not start; see {log_path}")
+                time.sleep(0.2)
+            time.sleep(3.0)  # the own-voice enrollment finishes in the background
+            for line in subprocess.run(["pactl", "list", "short", "sink-inputs"], env=env, capture_output=True,
+                                       text=True).stdout.splitlines():  # fmt: skip
+                # the assistant's stream at half volume, so its sum with a question does not clip
+                subprocess.run(["pactl", "set-sink-input-volume", line.split()[0], "50%"], env=env, capture_output=True)
+            for i in range(count + 1):
+                if i:  # well into the answer to the last question: the assistant has talked for 1.5 s
+                    deadline = time.monotonic() + 30
+                    while not recorder.talking_for(1.5, since_s=asked[-1] + len(clips[i - 1]) / RATE_HZ):
+                        if time.monotonic() > deadline:
+                            break
+                        time.sleep(0.05)
+                asked.append(recorder.now_s())
+                subprocess.run(["paplay", "--device=room", str(work / f"q{i}.wav")], env=env, check=True, timeout=30)
+            time.sleep(2.0)
+            program.terminate()
+            program.wait(timeout=30)
+        recorder.close()
+        recording = recorder.audio()
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=5)
+    soundfile.write(str(work / "room.wav"), recording, RATE_HZ, subtype="PCM_16")
+
+    assistant = recording.copy()  # the room minus the user's questions
+    spans = []
+    for clip, asked_s in zip(clips, asked):
+        start = locate(recording, clip, asked_s)
+        piece = assistant[start : start + len(clip)]
+        piece -= clip[: len(piece)]
+        voiced = np.nonzero(np.abs(clip) > SILENCE_THRESHOLD)[0]
+        spans.append(((start + voiced[0]) / RATE_HZ, (start + voiced[-1]) / RATE_HZ))
+    soundfile.write(str(work / "assistant.wav"), np.clip(assistant, -1, 1), RATE_HZ, subtype="PCM_16")
+    metrics = read_metrics(metrics_path)
+    rows, not_speaking, missed = [], 0, 0
+    for onset, end in spans[1:]:
+        if not sounding(assistant, RATE_HZ, onset - 0.3, onset):
+            not_speaking += 1
+            continue
+        stop = last_sound(assistant, RATE_HZ, onset, end + 0.3) or onset
+        missed += int(stop - onset > 1.0)
+        rows.append({"onset_s": round(onset, 3), "onset_to_silence_ms": round((stop - onset) * 1000, 1)})
+    onset_ms = [r["onset_to_silence_ms"] for r in rows]
+    residual = float(np.abs(assistant[: int(0.5 * RATE_HZ)]).max()) if len(assistant) else 0.0
+    summary = {
+        "interruptions_while_speaking": len(rows),
+        "interruptions_with_no_speech_playing": not_speaking,
+        "missed": missed,
+        "onset_to_silence_ms": {"p50": percentile(onset_ms, 50), "p95": percentile(onset_ms, 95)},
+        "barge_ins_recorded": len(metrics["barge_ins"]),
+        "detect_ms_program": {"p50": percentile([b["barge_in_detect_ms"] for b in metrics["barge_ins"]
+                                                 if b["barge_in_detect_ms"] is not None], 50)},
+        "residual_before_first_question": residual,
+        "holds_released": log_path.read_text().count("for a sound too short to interrupt"),
+        "tracebacks": log_path.read_text().count("Traceback"),
+    }  # fmt: skip
+    (work / "result.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    print(f"live barge-ins measured: {len(rows)} (skipped {not_speaking} where no answer was playing)")
+    print(f"  onset_to_silence_ms (room recording) p50 {summary['onset_to_silence_ms']['p50']:7.1f}   "
+          f"p95 {summary['onset_to_silence_ms']['p95']:7.1f}")
+    print(f"  missed {missed}, program's detection p50 {summary['detect_ms_program']['p50']:.0f} ms, holds released "
+          f"without an interruption {summary['holds_released']}")  # fmt: skip
+    return report_targets([
+        ("live p95 onset-to-silence <= 300 ms", summary["onset_to_silence_ms"]["p95"] <= 300),
+        ("zero missed barge-ins", missed == 0 and len(rows) > 0),
+        ("no tracebacks", summary["tracebacks"] == 0),
+    ], str(work / "result.json"))  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interruptions", type=int, default=30)
     parser.add_argument("--gap-s", type=float, default=3.0, help="question end to next question start")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "barge_in")
+    parser.add_argument("--live", action="store_true", help="through a private PulseAudio instead of file mode")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench_out/barge_in (or barge_in_live)")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench_out" / ("barge_in_live" if args.live else "barge_in")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.live:
+        return run_live(args.interruptions, args.out)
 
     in_wav, spans, coughs = build_input(args.interruptions, args.gap_s, args.out)
     out_wav, metrics_path = args.out / "out.wav", args.out / "metrics.json"
@@ -144,10 +322,11 @@ def main() -> int:
             "detect_ms": round((decision - onset) * 1000, 1) if decision else None,
         })  # fmt: skip
 
-    cough_interrupts = 0
+    cough_interrupts, cough_gaps = 0, []
     for start, end in coughs:
         if any(start <= d <= end + 0.5 for d in decisions):
             cough_interrupts += 1
+        cough_gaps.append(round(longest_silence(out, rate, start - 0.1, end + 0.6) * 1000))  # the reply held for it
 
     onset_ms = [r["onset_to_silence_ms"] for r in rows]
     decision_ms = [max(0.0, r["decision_to_silence_ms"]) for r in rows if r["decision_to_silence_ms"] is not None]
@@ -164,11 +343,13 @@ def main() -> int:
         "decision_to_silence_ms_internal": {"p50": percentile(internal_stop, 50), "p95": percentile(internal_stop, 95)},
         "detect_ms": {"p50": percentile(detect_ms, 50), "p95": percentile(detect_ms, 95)},
         "words_kept_mean": float(np.mean([b["words_kept"] for b in metrics["barge_ins"]] or [0])),
+        "cough_silence_ms": cough_gaps,
+        "holds_released": (args.out / "program.log").read_text().count("for a sound too short to interrupt"),
     }
     (args.out / "result.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
 
     targets = [
-        ("p95 onset-to-silence <= 350 ms", summary["onset_to_silence_ms"]["p95"] <= 350),
+        ("p95 onset-to-silence <= 300 ms", summary["onset_to_silence_ms"]["p95"] <= 300),
         ("p95 decision-to-silence <= 40 ms", summary["decision_to_silence_ms_wav"]["p95"] <= 40),
         ("zero stale audio", stale == 0),
         ("zero missed barge-ins", summary["missed"] == 0),
@@ -179,6 +360,8 @@ def main() -> int:
         print(f"  {name:<32} p50 {summary[name]['p50']:7.1f}   p95 {summary[name]['p95']:7.1f}")
     print(f"  missed {summary['missed']}, stale audio {stale}, cough interruptions {cough_interrupts}, "
           f"words kept per interruption {summary['words_kept_mean']:.1f}")  # fmt: skip
+    print(f"  longest silence in the reply around each cough: {cough_gaps} ms; holds released without an "
+          f"interruption: {summary['holds_released']}")  # fmt: skip
     return report_targets(targets, f"{args.out / 'result.json'}")
 
 
