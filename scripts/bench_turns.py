@@ -14,8 +14,15 @@ and `smart`, the Smart Turn model) and measured from the WAVs:
   sound of the reply in OUT;
 - the turn model's own time per judgement is in the program's DEBUG log, not here.
 
-Writes bench_out/turns/result.json. Run it on a quiet machine (about 5 minutes).
-Usage: .venv/bin/python scripts/bench_turns.py [--detectors silence,smart] [-- extra program flags]
+With `--speech real` the same layout is built from real recorded speech instead: Debian's
+asterisk-core-sounds-en-wav (one professional speaker, telephone band, fetched by bench_asr.py into
+bench_out/asr_data), whose prompts include fragments recorded to be continued ("You are entering
+conference number ...", "The estimated hold time is currently ...") and whole sentences ("All
+circuits are busy now."): the fragment, a pause, then its continuation (digits, "minutes").
+
+Writes bench_out/turns/result.json (bench_out/turns_real/ for real speech). Run it on a quiet machine
+(about 5 minutes per detector).
+Usage: .venv/bin/python scripts/bench_turns.py [--detectors silence,smart] [--speech espeak|real] [-- program flags]
 """
 
 from __future__ import annotations
@@ -49,6 +56,62 @@ COMPLETE = [
     "How many hours are in a day?", "What is the tallest mountain?",
 ]  # fmt: skip
 GAP_S = 8.0
+ASTERISK = ROOT / "bench_out" / "asr_data" / "deb" / "usr" / "share" / "asterisk" / "sounds" / "en_US_f_Allison"
+REAL_SPLIT = [  # (unfinished fragment, its continuation: prompts played one after the other)
+    (["conf-enteringno"], ["digits/5"]), (["queue-holdtime"], ["digits/3", "minutes"]),
+    (["queue-thereare"], ["digits/2"]), (["vm-theperson"], ["digits/4", "vm-isunavail"]),
+    (["vm-duration"], ["digits/5", "seconds"]), (["num-was-successfully"], ["added"]),
+    (["privacy-to-blacklist-last-caller"], ["digits/1"]), (["if-correct-press"], ["digits/1"]),
+]  # fmt: skip
+REAL_COMPLETE = [
+    "conf-locked", "all-circuits-busy-now", "cannot-complete-as-dialed", "check-number-dial-again", "conf-full",
+    "queue-thankyou", "vm-nobodyavail", "demo-echodone",
+]  # fmt: skip
+
+
+def recorded(names: list[str]) -> np.ndarray:
+    """The prompts `names`, each trimmed of its leading and trailing silence, one after the other, at 16 kHz."""
+    from voice_assistant.wavio import resample
+
+    pieces = []
+    for name in names:
+        audio, rate = soundfile.read(str(ASTERISK / f"{name}.wav"), dtype="float32")
+        audio = resample(audio, rate, 16000)
+        voiced = np.nonzero(np.abs(audio) > 0.01)[0]
+        pieces.append(audio[voiced[0] : voiced[-1] + 1])
+    return np.concatenate(pieces)
+
+
+def build_real(work: Path) -> tuple[Path, list[dict]]:
+    """Like build(), from the asterisk recordings."""
+    if not ASTERISK.is_dir():
+        raise SystemExit(f"no recordings in {ASTERISK}: run scripts/bench_asr.py once (it fetches them)")
+    rate = 16000
+    pieces, questions, cursor = [np.zeros(rate, dtype=np.float32)], [], rate
+
+    def add(audio: np.ndarray) -> tuple[float, float]:
+        nonlocal cursor
+        pieces.append(audio)
+        cursor += len(audio)
+        return ((cursor - len(audio)) / rate, cursor / rate)
+
+    def pause(seconds: float) -> None:
+        add(np.zeros(int(seconds * rate), dtype=np.float32))
+
+    for index in range(max(len(REAL_SPLIT), len(REAL_COMPLETE))):
+        if index < len(REAL_SPLIT):
+            first, second = REAL_SPLIT[index]
+            spans = [add(recorded(first))]
+            pause(PAUSES_S[index % len(PAUSES_S)])
+            spans.append(add(recorded(second)))
+            pause(GAP_S)
+            questions.append({"kind": "split", "spans": spans})
+        if index < len(REAL_COMPLETE):
+            questions.append({"kind": "complete", "spans": [add(recorded([REAL_COMPLETE[index]]))]})
+            pause(GAP_S)
+    path = work / "in.wav"
+    soundfile.write(str(path), np.concatenate(pieces), rate, subtype="PCM_16")
+    return path, questions
 
 
 def build(work: Path) -> tuple[Path, list[dict]]:
@@ -115,11 +178,13 @@ def run(detector: str, in_wav: Path, questions: list[dict], work: Path, extra: l
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detectors", default="silence,smart")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "turns")
+    parser.add_argument("--speech", choices=("espeak", "real"), default="espeak")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench_out/turns (turns_real for real speech)")
     parser.add_argument("extra", nargs="*", help="program flags after --")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench_out" / ("turns_real" if args.speech == "real" else "turns")
     args.out.mkdir(parents=True, exist_ok=True)
-    in_wav, questions = build(args.out)
+    in_wav, questions = build_real(args.out) if args.speech == "real" else build(args.out)
     results = []
     for detector in args.detectors.split(","):
         print(f"{detector}: {len(questions)} questions ...", flush=True)

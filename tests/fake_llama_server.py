@@ -3,7 +3,8 @@
 It speaks HTTP/1.1 on 127.0.0.1 (a free port) from a background thread and answers like
 llama-server: `GET /health`, `POST /apply-template` and streamed `POST /completion`
 (`Transfer-Encoding: chunked`, one `data: {json}\\n\\n` event per chunk, then a final event with
-`stop: true`). Each /completion request takes the next scripted `Reply` (or `default_reply`).
+`stop: true`). Each /completion request takes the next scripted `Reply` (or `default_reply`), except
+cache warm-ups (`n_predict` 1), which are answered "." and listed apart (`warm_up_bodies`).
 
 It also speaks OpenAI's API, as llama-server, Ollama, vLLM and LM Studio do: `GET /v1/models` and
 streamed `POST /v1/chat/completions` (a role-only first chunk, an empty delta, `reasoning_content`
@@ -93,6 +94,10 @@ class RecordedRequest:
     path: str
     body: Any  # parsed JSON, raw bytes when it was not JSON, None when there was no body
     headers: dict[str, str]
+
+
+def _is_warm_up(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("n_predict") == 1
 
 
 class _HangUp(Exception):
@@ -243,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
             messages = body.get("messages", []) if isinstance(body, dict) else []
             self._send_json(200, {"prompt": self.fake.template_prefix + chatml(messages)})
         elif self.path == "/completion":
-            reply = self.fake._next_reply()
+            reply = Reply(pieces=["."]) if _is_warm_up(body) else self.fake._next_reply()
             self.close_connection = True
             read, reused = self.fake._read_prompt(body, reply)
             try:
@@ -430,7 +435,13 @@ class FakeLlamaServer:
 
     @property
     def completion_bodies(self) -> list[Any]:
-        return [r.body for r in self.requests if r.path == "/completion"]
+        """/completion requests that took a reply (not the cache warm-ups)."""
+        return [r.body for r in self.requests if r.path == "/completion" and not _is_warm_up(r.body)]
+
+    @property
+    def warm_up_bodies(self) -> list[Any]:
+        """/completion requests with `n_predict` 1: cache warm-ups, answered "." without taking a scripted reply."""
+        return [r.body for r in self.requests if r.path == "/completion" and _is_warm_up(r.body)]
 
     @property
     def chat_bodies(self) -> list[Any]:
@@ -458,7 +469,7 @@ class FakeLlamaServer:
     def _read_prompt(self, body: Any, reply: Reply) -> tuple[int, int]:
         """Characters of the prompt read and reused from the slot's cache; the cache then holds the
         prompt and the scripted reply."""
-        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or body.get("id_slot") is None:
             return 5, 0
         prompt, slot = body["prompt"], body.get("id_slot")
         with self._cond:

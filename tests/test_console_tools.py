@@ -222,7 +222,9 @@ def test_the_bundled_models_are_found():
     assert by_kind["llm"].path == default_llm_gguf() and by_kind["llm"].size_mb > 50
     assert by_kind["asr"].path == default_asr_model_dir() and by_kind["asr"].name == "tiny.en"
     assert by_kind["llama-server"].path == default_llama_server()
-    assert not any(item.missing for item in items)
+    assert not any(item.missing for item in items if item.is_default)
+    # optional bundles (qwen-1.5b) are installed on request only; until then they say how
+    assert all("bundles install" in item.missing for item in items if item.missing)
     text = tools.format_models(items)
     assert "* qwen-0.5b" in text and "  smollm2-135m" in text and "MB" in text and "(default)" in text
     assert by_kind["llm"].name == "qwen-0.5b"

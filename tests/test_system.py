@@ -291,9 +291,28 @@ def test_history_is_summarized_in_the_background(server):
         h.close()
 
 
+def test_after_each_exchange_the_next_prompt_head_is_read_before_the_user_speaks(server):
+    """The chat template's end of the reply and start of the next user message are read into slot 0
+    right after the exchange, so the next turn reads only its words (the fake server counts reads)."""
+    h = Harness(server.url)
+    try:
+        server.script(Reply(pieces=["First answer."]), Reply(pieces=["Second answer."]))
+        h.play_reply(h.system.submit_user_text("one"))
+        h.wait_idle()
+        wait_until(lambda: len(h.system.prompt_warmer.warm_ups) == 1)
+        warm = server.warm_up_bodies[-1]
+        assert warm["id_slot"] == 0 and warm["cache_prompt"] is True and "First answer." in warm["prompt"]
+        h.play_reply(h.system.submit_user_text("two"))
+        slot, read, reused = server.prompt_reads[-1]
+        own_words = len("two<|im_end|>\n<|im_start|>assistant\n")
+        assert slot == 0 and read == own_words, (read, reused)
+    finally:
+        h.close()
+
+
 def test_after_a_summary_the_next_turn_reads_only_its_own_words(server):
     """The summary changes the prompt's head; the new prompt is read into slot 0's cache at once, in
-    the background, so the next turn does not pay for it (the fake server counts what is read)."""
+    the background, so the next turn does not pay for it."""
     h = Harness(server.url, summarize_after_turns=2, keep_recent_turns=1, history_trim_threshold=12)
     try:
         for i in range(3):
@@ -303,9 +322,8 @@ def test_after_a_summary_the_next_turn_reads_only_its_own_words(server):
             h.play_reply(h.system.submit_user_text(f"question {i}"))
             h.wait_idle()
         before_summary = server.completion_bodies[2]["prompt"]
-        wait_until(lambda: len(h.system.summarizer.warm_ups) == 1)
-        warm = server.completion_bodies[-1]
-        assert warm["id_slot"] == 0 and warm["cache_prompt"] is True and warm["n_predict"] == 1
+        wait_until(lambda: any("They talked about numbers." in b["prompt"] for b in server.warm_up_bodies))
+        warm = server.warm_up_bodies[-1]
         assert "They talked about numbers." in warm["prompt"] and "question 0" not in warm["prompt"]
 
         server.script(Reply(pieces=["Answer 3."]))
@@ -313,10 +331,10 @@ def test_after_a_summary_the_next_turn_reads_only_its_own_words(server):
         h.wait_idle()
         prompt = server.completion_bodies[-1]["prompt"]
         assert not prompt.startswith(before_summary[: len(before_summary) - 40])  # the head did change
-        slot, read, reused = server.prompt_reads[-1]
-        new_words = len("<|im_end|>\n<|im_start|>user\nquestion 3<|im_end|>\n<|im_start|>assistant\n")
-        assert slot == 0 and read <= new_words and reused >= len(prompt) - new_words, (read, reused, len(prompt))
-        assert len(h.system.summarizer.warm_ups) == 1
+        slot, read, reused = next(r for r, b in zip(reversed(server.prompt_reads), reversed(
+            [q.body for q in server.requests if q.path == "/completion"])) if b["prompt"] == prompt)  # fmt: skip
+        own_words = len("question 3<|im_end|>\n<|im_start|>assistant\n")
+        assert slot == 0 and read == own_words and reused == len(prompt) - own_words, (read, reused, len(prompt))
     finally:
         h.close()
 
@@ -336,12 +354,27 @@ def test_a_summary_cut_by_a_new_turn_warms_nothing_and_is_tried_again_after_it(s
         assert server.wait_for_hangup()
         gate.set()
         h.system.summarizer.join(TIMEOUT_S)
-        assert h.system.summarizer.warm_ups == [] and h.system.history.summary == ""
+        assert h.system.history.summary == ""
+        assert not any("They talked." in b["prompt"] for b in server.warm_up_bodies)
         h.play_reply(turn)
         h.wait_idle()
-        wait_until(lambda: len(h.system.summarizer.warm_ups) == 1)
+        wait_until(lambda: any("They talked again." in b["prompt"] for b in server.warm_up_bodies))
         assert h.system.history.summary == "They talked again."
-        assert "They talked again." in server.completion_bodies[-1]["prompt"]
+    finally:
+        h.close()
+
+
+def test_a_warm_up_is_skipped_when_a_turn_started_since(server):
+    h = Harness(server.url)
+    try:
+        warmer = h.system.prompt_warmer
+        turns = warmer.turns_started
+        h.play_reply(h.system.submit_user_text("one"))
+        h.wait_idle()
+        warmer.join(TIMEOUT_S)
+        count = len(server.warm_up_bodies)
+        assert warmer.warm(turns) is False and len(server.warm_up_bodies) == count
+        assert warmer.warm(warmer.turns_started) is True and len(server.warm_up_bodies) == count + 1
     finally:
         h.close()
 
