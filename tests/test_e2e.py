@@ -84,11 +84,11 @@ def test_spoken_question_gets_spoken_answer(tmp_path):
 def test_self_test_passes_with_real_components(tmp_path):
     in_wav, _ = conversation([0.5], tmp_path / "in.wav")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--test", "--input-wav", str(in_wav)],
+        [sys.executable, str(ROOT / "asr_llm_tts.py"), "--test", "--input-wav", str(in_wav), "--turn-detector", "smart"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ("tts", "asr", "llm"):
+    for name in ("tts", "asr", "turn", "llm"):
         assert any(line.startswith("PASS") and f" {name} " in line for line in result.stdout.splitlines()), result.stdout
 
 

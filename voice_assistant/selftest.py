@@ -77,6 +77,18 @@ def run_self_test(config: Config) -> int:
         seconds = len(audio) / voice.sample_rate_hz
         return f"synthesized {seconds:.1f} s of Mandarin in {took * 1000:.0f} ms"
 
+    def turn():
+        from .assembly import load_turn_model
+
+        if "speech" not in state:
+            raise RuntimeError("no test clip (TTS failed)")
+        model = load_turn_model(config)
+        model.warm_up()
+        start = time.monotonic()
+        finished = model.probability(np.concatenate([state["speech"], np.zeros(3200, dtype=np.float32)]))
+        took = (time.monotonic() - start) * 1000.0
+        return f"the test sentence sounds finished with probability {finished:.2f}, judged in {took:.0f} ms"
+
     def llm():
         check_api_keys(config)
         client, server, _ = start_llm(config)
@@ -116,6 +128,8 @@ def run_self_test(config: Config) -> int:
     if config.speech.language != "en":
         check("tts-zh", True, tts_zh)
     check("asr", True, asr)
+    if config.speech.turn_detector == "smart":
+        check("turn", True, turn)
     check("llm", True, llm)
     devices_needed = config.audio.input_wav is None
     check("mic", devices_needed, devices("input"))
