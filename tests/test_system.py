@@ -272,15 +272,21 @@ def test_a_hold_ends_by_itself():
     assert not sink.paused
 
 
-def test_history_is_summarized_in_the_background(server):
+def three_turns_then_a_summary(server) -> Harness:
+    """A harness that has answered three questions; the third makes the history summarized in the background."""
     h = Harness(server.url, summarize_after_turns=2, keep_recent_turns=1, history_trim_threshold=12)
+    for i in range(3):
+        server.script(Reply(pieces=[f"Answer {i}."]))
+    server.script(Reply(pieces=["They talked about numbers."]))  # the summary
+    for i in range(3):
+        h.play_reply(h.system.submit_user_text(f"question {i}"))
+        h.wait_idle()
+    return h
+
+
+def test_history_is_summarized_in_the_background(server):
+    h = three_turns_then_a_summary(server)
     try:
-        for i in range(3):
-            server.script(Reply(pieces=[f"Answer {i}."]))
-        server.script(Reply(pieces=["They talked about numbers."]))  # the summary
-        for i in range(3):
-            h.play_reply(h.system.submit_user_text(f"question {i}"))
-            h.wait_idle()
         wait_until(lambda: h.system.history.summary != "")
         assert h.system.history.summary == "They talked about numbers."
         assert [e.user for e in h.system.history.exchanges()] == ["question 2"]
@@ -313,14 +319,8 @@ def test_after_each_exchange_the_next_prompt_head_is_read_before_the_user_speaks
 def test_after_a_summary_the_next_turn_reads_only_its_own_words(server):
     """The summary changes the prompt's head; the new prompt is read into slot 0's cache at once, in
     the background, so the next turn does not pay for it."""
-    h = Harness(server.url, summarize_after_turns=2, keep_recent_turns=1, history_trim_threshold=12)
+    h = three_turns_then_a_summary(server)
     try:
-        for i in range(3):
-            server.script(Reply(pieces=[f"Answer {i}."]))
-        server.script(Reply(pieces=["They talked about numbers."]))  # the summary
-        for i in range(3):
-            h.play_reply(h.system.submit_user_text(f"question {i}"))
-            h.wait_idle()
         before_summary = server.completion_bodies[2]["prompt"]
         wait_until(lambda: any("They talked about numbers." in b["prompt"] for b in server.warm_up_bodies))
         warm = server.warm_up_bodies[-1]
