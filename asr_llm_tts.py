@@ -61,6 +61,8 @@ STOP_COMMANDS = frozenset(
 )  # fmt: skip
 """Utterances that only ask the assistant to be silent: it stops and listens, without answering."""
 EXIT_LIMIT_S = 6.0  # longest the stop may take (close() itself keeps to 1.8 s) before the watchdog ends the process
+HOLD_GRACE_S = 0.4  # a reply held for a sound goes on this long after the sound's utterance ended (see _hold_for_onset)
+HOLD_MIN_RUN_S = 0.096  # a held sound shorter than this (a click, an echo's residue) lets the reply go on at once
 MAX_USER_CHARS = 4000  # an utterance longer than this (minutes of speech) keeps only its last words
 
 
@@ -131,6 +133,7 @@ class VoiceConversationSystem:
         self._resumable: Turn | None = None  # reply cut by a barge-in that may prove false; guarded by _lock
         self._endpoint_for = 0.0  # speech_end_t of the last utterance whose turn is over; guarded by _lock
         self._onset_hold = 0.0  # when the reply's audio was held for a voice that started (0: not); audio-in thread only
+        self._hold_quiet_since = 0.0  # audio time the held sound's utterance ended (0: still open); audio-in thread
         self._no_words_for = 0.0  # utterance transcribed as empty, waiting for its endpoint; guarded by _lock
         self._last_play_end_t = 0.0  # when the last reply block stopped sounding; guarded by _lock
         self._stopping = threading.Event()
@@ -253,16 +256,34 @@ class VoiceConversationSystem:
                     self.speculation.submit(event)
             elif isinstance(event, Endpoint):
                 self._on_endpoint(event)
-        if self._onset_hold and not self.mic.tracker.in_speech_run:
-            self._release_onset_hold()  # a cough or a click, shorter than an interruption: the reply goes on
+        if self._onset_hold:
+            tracker = self.mic.tracker
+            if not tracker.in_speech_run and tracker.longest_run_s < HOLD_MIN_RUN_S - 1e-9:
+                self._release_onset_hold()  # a click or an echo's residue: the reply goes on at once
+            elif tracker.in_utterance:
+                self._hold_quiet_since = 0.0
+            elif not self._hold_quiet_since:
+                self._hold_quiet_since = end_t
+            elif end_t - self._hold_quiet_since >= HOLD_GRACE_S - 1e-9:
+                self._release_onset_hold()  # a cough or a click, shorter than an interruption: the reply goes on
 
     def _hold_for_onset(self) -> None:
         """Audio-in thread: a voice starts while the assistant speaks: hold the reply's audio at once (as a
-        person stops to listen). SpeechLong then interrupts it for good; a shorter sound lets it go on."""
+        person stops to listen). SpeechLong then interrupts it for good. A run shorter than HOLD_MIN_RUN_S
+        (a click; through a room, an echo canceller's residue) lets the reply go on at once. A longer one
+        holds it until the sound's utterance is over (the end-of-turn silence) and HOLD_GRACE_S more:
+        "Stop." heard as 130 ms, then a breath, then "tell me" must not let the reply go on in between
+        (measured live: it did, for 300 to 600 ms), and a room's echo canceller can make that breath look
+        longer than the end-of-turn silence. A cough pauses the reply for about a second."""
         barge_in = self.config.barge_in
+        if self._onset_hold and self.sink.paused:
+            return  # a new run in the same utterance: already held
         if barge_in.barge_in and barge_in.pause_on_speech_onset and self._assistant_speaking() and not self.mic.echo_unsafe():
-            self.sink.pause(max_s=barge_in.barge_in_min_speech_ms / 1000.0 + 0.5)
+            end_of_turn_s = self.config.speech.end_of_speech_silence_ms / 1000.0
+            # at most until the sound's utterance could have ended, with room for a breath inside it
+            self.sink.pause(max_s=barge_in.barge_in_min_speech_ms / 1000.0 + end_of_turn_s + HOLD_GRACE_S + 1.0)
             self._onset_hold = time.monotonic()
+            self._hold_quiet_since = 0.0
 
     def _release_onset_hold(self, interrupted: bool = False) -> None:
         """Audio-in thread: end the hold (after an interruption the queue is empty: nothing more plays)."""
@@ -775,7 +796,11 @@ def converse(config) -> int:
         elif keyboard is not None and not keyboard.interactive and config.console.text:
             wait_for_piped_text(system, keyboard, stop)
         else:
-            stop.wait()
+            # Not stop.wait(): a SIGTERM the kernel hands to one of the native threads (PortAudio,
+            # onnxruntime) only sets CPython's flag, and a main thread asleep without a timeout never
+            # runs the handler (measured: 1 stop in 4 hung in the live tests).
+            while not stop.wait(0.2):
+                pass
     except VoiceAssistantError as exc:
         error = str(exc)
     except KeyboardInterrupt:

@@ -57,6 +57,14 @@ SYSTEM_PROMPT = (
 )
 
 
+def question(i: int) -> str:
+    """The i-th question: a story asked for, then "Stop." and another one. ("Tell me about trains instead"
+    was heard as "Tell me I'm out trains instead" by tiny.en, and the model refused to tell a story, so the
+    next interruption found it silent.)"""
+    topic = TOPICS[i % len(TOPICS)]
+    return f"Tell me a story about {topic}." if i == 0 else f"Stop. Tell me a story about {topic}."
+
+
 def build_input(count: int, gap_s: float, work: Path):
     """IN with `count` interruptions and two coughs; returns (path, utterance spans, cough spans)."""
     pieces = [np.zeros(int(0.8 * RATE_HZ), dtype=np.float32)]
@@ -64,8 +72,7 @@ def build_input(count: int, gap_s: float, work: Path):
     spans, coughs = [], []
     rng = np.random.default_rng(7)
     for i in range(count + 1):
-        text = f"Tell me a story about {TOPICS[i % len(TOPICS)]}." if i == 0 else (
-            f"Stop. Tell me about {TOPICS[i % len(TOPICS)]} instead.")  # fmt: skip
+        text = question(i)
         clip, rate = soundfile.read(str(say(text, work / "u.wav", RATE_HZ)), dtype="float32")
         voiced = np.nonzero(np.abs(clip) > SILENCE_THRESHOLD)[0]
         spans.append(((cursor + voiced[0]) / RATE_HZ, (cursor + voiced[-1]) / RATE_HZ))
@@ -153,9 +160,11 @@ class RoomRecorder:
 
 
 def locate(recording: np.ndarray, clip: np.ndarray, from_s: float) -> int:
-    """The sample of `recording` (at or after `from_s`, within 3 s) where `clip` begins."""
-    start = int(from_s * RATE_HZ)
-    window = recording[start : start + int(3.0 * RATE_HZ) + len(clip)]
+    """The sample of `recording` (from 0.5 s before `from_s` to 3 s after it) where `clip` begins. The
+    recorder's count of samples and paplay's start are not exact: a window that began at `from_s`
+    once missed a question's first 139 samples and subtracted it 9 ms off."""
+    start = max(0, int((from_s - 0.5) * RATE_HZ))
+    window = recording[start : start + int(3.5 * RATE_HZ) + len(clip)]
     n = len(window) + len(clip)
     nfft = 1 << (n - 1).bit_length()
     corr = np.fft.irfft(np.fft.rfft(window, nfft) * np.conj(np.fft.rfft(clip, nfft)), nfft)[: len(window) - len(clip) + 1]
@@ -181,8 +190,7 @@ def run_live(count: int, work: Path) -> int:
         subprocess.run(["pactl", "set-default-sink", "room"], env=env, check=True)
         subprocess.run(["pactl", "set-default-source", "room.monitor"], env=env, check=True)
         for i in range(count + 1):
-            text = f"Tell me a story about {TOPICS[i % len(TOPICS)]}." if i == 0 else (
-                f"Stop. Tell me about {TOPICS[i % len(TOPICS)]} instead.")  # fmt: skip
+            text = question(i)
             clip = soundfile.read(str(say(text, work / f"q{i}.wav", RATE_HZ)), dtype="float32")[0]
             clip = np.round(clip * (0.4 / np.abs(clip).max()) * 32767) / 32767  # the sum with the reply must not clip
             soundfile.write(str(work / f"q{i}.wav"), clip, RATE_HZ, subtype="PCM_16")

@@ -61,6 +61,14 @@ def test_one_long_event_per_run_and_runs_split_by_100_ms_gaps():
     assert starts == [0, 22]
 
 
+def test_short_runs_do_not_add_up_to_an_interruption_but_the_longest_run_is_known():
+    """An echo canceller's residue comes as short runs close together: they must not interrupt."""
+    tracker = UtteranceTracker(min_speech_ms=200, end_of_speech_ms=450)
+    events = run(tracker, "ss" + "...." + "sss" + "...." + "ss" + "...." + "ssss" + "....")
+    assert not [e for _, e in events if isinstance(e, SpeechLong)]
+    assert tracker.in_utterance and tracker.longest_run_s == pytest.approx(4 * CHUNK_S)
+
+
 def test_speculation_off():
     tracker = UtteranceTracker(speculate_after_ms=0)
     assert not [e for _, e in run(tracker, "s" * 10 + "." * 20) if isinstance(e, PauseSnapshot)]

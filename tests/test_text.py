@@ -243,6 +243,8 @@ def test_chunker_chunks_are_stripped_and_never_empty() -> None:
         ("3+5=8", "3 plus 5 equals 8"),
         ("  many   spaces\n\tand lines  ", "many spaces and lines"),
         ("héllo 世界", "héllo 世界"),
+        ("Once upon a time, there was [interrupted by the user]", "Once upon a time, there was"),
+        ("[laughs] Water [1] is wet.", "Water is wet."),
     ],
 )
 def test_clean_for_speech(text: str, expected: str) -> None:

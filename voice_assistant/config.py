@@ -195,7 +195,8 @@ class BargeInConfig:
     barge_in_min_speech_ms: int = option(200, "speech needed to interrupt, in milliseconds (coughs and clicks are "
                                               "shorter)", min=1, metavar="MS")
     pause_on_speech_onset: bool = option(True, "hold the reply's audio the moment the user's voice starts (it goes "
-                                               "on if the sound ends before --barge-in-min-speech-ms)")
+                                               "on if the sound is over, by the end-of-turn silence, with less "
+                                               "than --barge-in-min-speech-ms of speech)")
     resume_after_false_interruption: bool = option(True, "resume a reply interrupted by a sound without words")
     talk_over_min_logprob: float = option(-0.5, "an utterance that talked over the assistant, transcribed with a lower "
                                                 "mean log-probability per token, is not answered: the assistant asks "

@@ -34,7 +34,10 @@ class SpeechStart:
 
 @dataclass(frozen=True)
 class SpeechLong:
-    """The current speech run has lasted `min_speech_ms`: long enough to interrupt. Once per run."""
+    """The current speech run has lasted `min_speech_ms`: long enough to interrupt. Once per run.
+
+    Runs are not added up: through a room, an echo canceller's residue comes as short runs a few hundred
+    ms apart, and adding them up made the assistant interrupt itself (measured live)."""
 
     onset_t: float
     decision_t: float
@@ -81,7 +84,8 @@ class UtteranceTracker:
         self._ring: collections.deque = collections.deque(maxlen=int((max_utterance_s + self.preroll_s) / CHUNK_S))
         self.last_speech_end_t = 0.0
         self._run_start_t = 0.0  # 0 when not in a speech run
-        self._long_sent = False
+        self._long_sent = False  # SpeechLong was sent for the current run
+        self.longest_run_s = 0.0  # the longest speech run of the open (or last) utterance
         self._utterance_start_t = 0.0  # 0 when no utterance is open
         self._utterance_speech_s = 0.0
         self._snapshot_for = 0.0
@@ -133,8 +137,10 @@ class UtteranceTracker:
                 if not self._utterance_start_t:
                     self._utterance_start_t = self._run_start_t
                     self._utterance_speech_s = 0.0
+                    self.longest_run_s = 0.0
             self._utterance_speech_s += CHUNK_S
             self.last_speech_end_t = end_t
+            self.longest_run_s = max(self.longest_run_s, end_t - self._run_start_t)
             if not self._long_sent and end_t - self._run_start_t >= self.min_speech_s - 1e-9:
                 self._long_sent = True
                 events.append(SpeechLong(self._run_start_t, end_t))

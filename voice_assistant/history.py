@@ -9,7 +9,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-INTERRUPTED_MARK = " [interrupted by the user]"
+# An interrupted reply is, in the chat messages, only the words the user heard; an exchange of which no
+# reply was heard is left out (roles must alternate for many chat templates, and the user asks anew). Marks were copied by Qwen 0.5B into its next replies and
+# spoken: " [interrupted by the user]" ("Once upon a time, there was [interrupted by the user]"), and an
+# ellipsis standing for a reply cut before its first word became every later reply ("…"). Summaries,
+# which are never spoken, say it in words.
+SUMMARY_INTERRUPTED_MARK = " [interrupted by the user]"
 
 
 @dataclass(frozen=True)
@@ -72,9 +77,9 @@ class History:
                 system += f"\n\nSummary of the earlier conversation: {self._summary}"
             messages = [{"role": "system", "content": system}]
             for exchange in self._exchanges:
-                reply = exchange.assistant + (INTERRUPTED_MARK if exchange.interrupted else "")
-                messages.append({"role": "user", "content": exchange.user})
-                messages.append({"role": "assistant", "content": reply.strip() or "..."})
+                if exchange.assistant.strip():
+                    messages.append({"role": "user", "content": exchange.user})
+                    messages.append({"role": "assistant", "content": exchange.assistant.strip()})
         if user_text is not None:
             messages.append({"role": "user", "content": user_text})
         return messages
@@ -105,7 +110,7 @@ def summary_prompt_messages(previous_summary: str, exchanges: list[Exchange]) ->
     lines = [f"Earlier summary: {previous_summary}"] if previous_summary else []
     for exchange in exchanges:
         lines.append(f"User: {exchange.user}")
-        lines.append(f"Assistant: {exchange.assistant}{INTERRUPTED_MARK if exchange.interrupted else ''}")
+        lines.append(f"Assistant: {exchange.assistant}{SUMMARY_INTERRUPTED_MARK if exchange.interrupted else ''}")
     return [
         {"role": "system", "content": "You summarize conversations briefly and factually."},
         {

@@ -198,6 +198,7 @@ def _is_abbreviation(text_with_dot: str) -> bool:
 
 _WHITESPACE = re.compile(r"\s+")
 _MARKDOWN = re.compile(r"[*_#`~|>]+|\[(?P<label>[^\]]*)\]\([^)]*\)")
+_BRACKETED = re.compile(r"\[[^\]]*\](?!\()")  # [a note], but not a markdown link
 _SPACES = re.compile(r"\s+")
 
 
@@ -240,6 +241,7 @@ def spoken_forms(text: str) -> str:
 def clean_for_speech(text: str) -> str:
     """Text the synthesizer should say: no markdown, emoji or symbols, units spelled out; '' if nothing is speakable."""
     text = spoken_forms(text)
+    text = _BRACKETED.sub(" ", text)  # stage directions and notes ("[laughs]", "[1]") are not read aloud
     text = _MARKDOWN.sub(lambda m: m.group("label") or " ", text)
     text = _MARKDOWN.sub(lambda m: m.group("label") or " ", text)  # markdown inside link labels
     kept = []
