@@ -277,6 +277,20 @@ def test_no_verdict_before_3_s_of_far_end_audio(far):
     assert not canceller.diverged()
 
 
+def test_barge_in_waits_until_the_canceller_has_had_3_s_of_the_voice(far, echo_run):
+    """Before its verdict the canceller may still let the echo through: no barge-in yet (half duplex)."""
+    from voice_assistant.endpointing import UtteranceTracker
+    from voice_assistant.mic import MicrophoneChain
+
+    audio, rate = far
+    short = audio[: int(2.5 * rate)]
+    learning, _, _, _, _ = simulate(short, rate)
+    assert MicrophoneChain(None, UtteranceTracker(), canceller=learning).echo_unsafe()
+    converged = echo_run[0]
+    assert not MicrophoneChain(None, UtteranceTracker(), canceller=converged).echo_unsafe()
+    assert not MicrophoneChain(None, UtteranceTracker()).echo_unsafe()  # no canceller: nothing to wait for
+
+
 # ---------------------------------------------------------------------- the simulated room
 
 

@@ -112,12 +112,12 @@ class MicrophoneChain:
             self.canceller.set_delay_ms(1000.0 * latency_s)
 
     def echo_unsafe(self) -> bool:
-        """Audio-in thread: True while echo cancellation is not working, or has not yet had 1.5 s of the
-        assistant's voice to learn the room, so barge-in could hear us. (Measured live through PulseAudio:
-        in 2 of 6 sessions the first reply was cut 230 ms after its first sound by its own echo, then
-        "One" and "So" were taken for the user's words.)"""
+        """Audio-in thread: True while echo cancellation is not working, or has not yet had the assistant's
+        voice long enough to be judged (the canceller's `diverged_after_far_end_s`, 3 s), so barge-in could
+        hear us. (Measured live through PulseAudio, a speaker heard at 0 dB: in 3 of 7 sessions the first
+        reply was cut by its own echo within 2 s of its first sound, and its words taken for the user's.)"""
         canceller = self.canceller
-        if canceller is not None and canceller.far_end_s() < 1.5:
+        if canceller is not None and canceller.far_end_s() < canceller.config.diverged_after_far_end_s:
             return True  # learning the room: half duplex, without a warning
         unsafe = canceller is not None and canceller.diverged()
         if unsafe != self._barge_in_paused:
