@@ -215,7 +215,10 @@ def run_live(count: int, work: Path) -> int:
             for i in range(count + 1):
                 if i:  # well into the answer to the last question: the assistant has talked for 1.5 s
                     deadline = time.monotonic() + 30
-                    while not recorder.talking_for(1.5, since_s=asked[-1] + len(clips[i - 1]) / RATE_HZ):
+                    # the first reply of a session is not interruptible until echo cancellation has had
+                    # 3 s of it (half duplex while it learns the room): interrupt it after 3.5 s
+                    talk_s = 3.5 if i == 1 else 1.5
+                    while not recorder.talking_for(talk_s, since_s=asked[-1] + len(clips[i - 1]) / RATE_HZ):
                         if time.monotonic() > deadline:
                             break
                         time.sleep(0.05)
@@ -294,6 +297,7 @@ def main() -> int:
 
     in_wav, spans, coughs = build_input(args.interruptions, args.gap_s, args.out)
     out_wav, metrics_path = args.out / "out.wav", args.out / "metrics.json"
+    metrics_path.unlink(missing_ok=True)  # the program appends: a last run's records would be matched too
     command = [
         sys.executable, str(ROOT / "asr_llm_tts.py"), "--input-wav", str(in_wav), "--output-wav", str(out_wav),
         "--metrics-json", str(metrics_path), "--system-prompt", SYSTEM_PROMPT, "--max-reply-tokens", "160",
