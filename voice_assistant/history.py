@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-# An interrupted reply is, in the chat messages, only the words the user heard; an exchange of which no
-# reply was heard is left out (roles must alternate for many chat templates, and the user asks anew). Marks were copied by Qwen 0.5B into its next replies and
-# spoken: " [interrupted by the user]" ("Once upon a time, there was [interrupted by the user]"), and an
-# ellipsis standing for a reply cut before its first word became every later reply ("…"). Summaries,
-# which are never spoken, say it in words.
+# An interrupted reply is, in the chat messages, only the words the user heard; an exchange of which
+# no reply was heard is left out (roles must alternate for many chat templates, and the user asks
+# anew). Marks were copied by Qwen 0.5B into its next replies and spoken: " [interrupted by the
+# user]" ("Once upon a time, there was [interrupted by the user]"), and an ellipsis standing for a
+# reply cut before its first word became every later reply ("…"). Summaries, never spoken, say it.
 SUMMARY_INTERRUPTED_MARK = " [interrupted by the user]"
 
 
