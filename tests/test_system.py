@@ -6,6 +6,7 @@ stand in for Piper and the speaker. Steps are ordered with gates and events, nev
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -223,16 +224,27 @@ def test_short_sounds_do_not_barge_in_but_speech_does(server):
         h.close()
 
 
-def test_the_reply_is_held_the_moment_a_voice_starts_and_goes_on_after_a_cough(server):
-    """Onset to silence is the VAD's onset, not onset + --barge-in-min-speech-ms: the reply's audio is
-    held at once; a sound that ends too soon to interrupt lets it go on, losing nothing."""
-    h = Harness(server.url, mic=True, barge_in_min_speech_ms=250)
+@contextlib.contextmanager
+def assistant_speaking(server, **options):
+    """A mic harness whose reply of two sentences has begun to play (its first block), the LLM held back
+    after the first; yields (harness, turn), then lets the LLM finish and closes."""
+    h = Harness(server.url, mic=True, **options)
+    gate = threading.Event()
     try:
-        gate = threading.Event()
         server.script(Reply(pieces=["Talking. ", "More talking."], gates={1: gate}))
         turn = h.system.submit_user_text("hi")
         wait_until(lambda: h.queued_blocks() > 1, h.sink.item_arrived)
         h.sink.play_next()  # the assistant is speaking
+        yield h, turn
+    finally:
+        gate.set()
+        h.close()
+
+
+def test_the_reply_is_held_the_moment_a_voice_starts_and_goes_on_after_a_cough(server):
+    """Onset to silence is the VAD's onset, not onset + --barge-in-min-speech-ms: the reply's audio is
+    held at once; a sound that ends too soon to interrupt lets it go on, losing nothing."""
+    with assistant_speaking(server, barge_in_min_speech_ms=250) as (h, turn):
         queued = h.queued_blocks()
         t = h.speak(1, 1000.0)  # a voice starts
         assert h.sink.paused and h.sink.play_next() == [] and h.queued_blocks() == queued
@@ -249,38 +261,20 @@ def test_the_reply_is_held_the_moment_a_voice_starts_and_goes_on_after_a_cough(s
         assert h.sink.paused
         h.pause(5, h.speak(8, t))  # 288 ms of speech: an interruption
         assert not h.system.turns.is_current(turn) and not h.sink.paused and h.queued_blocks() == 0
-        gate.set()
-    finally:
-        h.close()
 
 
 def test_a_word_too_short_to_interrupt_then_more_words_interrupt_without_the_reply_going_on_between(server):
     """Through a real room "Stop." can reach the VAD as 130 ms; the reply must not go on during the breath
     before "tell me about...": the hold lasts, and "tell me..." interrupts."""
-    h = Harness(server.url, mic=True, barge_in_min_speech_ms=200)
-    try:
-        gate = threading.Event()
-        server.script(Reply(pieces=["Talking. ", "More talking."], gates={1: gate}))
-        turn = h.system.submit_user_text("hi")
-        wait_until(lambda: h.queued_blocks() > 1, h.sink.item_arrived)
-        h.sink.play_next()
+    with assistant_speaking(server, barge_in_min_speech_ms=200) as (h, turn):
         t = h.pause(10, h.speak(4, 1000.0))  # "Stop." (128 ms), then 320 ms of breath
         assert h.sink.paused and h.system.turns.is_current(turn) and h.sink.play_next() == []
         h.pause(5, h.speak(7, t))  # "tell me": 224 ms
         assert not h.system.turns.is_current(turn) and h.queued_blocks() == 0
-        gate.set()
-    finally:
-        h.close()
 
 
 def test_a_click_or_an_echo_residue_lets_the_reply_go_on_at_once(server):
-    h = Harness(server.url, mic=True, barge_in_min_speech_ms=200)
-    try:
-        gate = threading.Event()
-        server.script(Reply(pieces=["Talking. ", "More talking."], gates={1: gate}))
-        turn = h.system.submit_user_text("hi")
-        wait_until(lambda: h.queued_blocks() > 1, h.sink.item_arrived)
-        h.sink.play_next()
+    with assistant_speaking(server, barge_in_min_speech_ms=200) as (h, turn):
         t = h.speak(2, 1000.0)  # 64 ms
         assert h.sink.paused
         t = h.pause(4, t)  # the run is over: too short to be a word
@@ -288,28 +282,16 @@ def test_a_click_or_an_echo_residue_lets_the_reply_go_on_at_once(server):
         for _ in range(4):  # short runs close together do not add up to an interruption
             t = h.pause(4, h.speak(2, t))
         assert not h.sink.paused and h.system.turns.is_current(turn) and not h.system.metrics.barge_ins
-        gate.set()
-    finally:
-        h.close()
 
 
 def test_a_breath_longer_than_the_end_of_turn_after_a_short_word_still_holds_the_reply(server):
-    h = Harness(server.url, mic=True, barge_in_min_speech_ms=200)
-    try:
-        gate = threading.Event()
-        server.script(Reply(pieces=["Talking. ", "More talking."], gates={1: gate}))
-        turn = h.system.submit_user_text("hi")
-        wait_until(lambda: h.queued_blocks() > 1, h.sink.item_arrived)
-        h.sink.play_next()
+    with assistant_speaking(server, barge_in_min_speech_ms=200) as (h, turn):
         t = h.pause(18, h.speak(4, 1000.0))  # "Stop.", then 576 ms: that utterance is over, too short
         assert h.sink.paused and h.system.turns.is_current(turn) and not h.system.metrics.barge_ins
         t = h.speak(3, t)  # "tell me..." begins: still held
         assert h.sink.paused and h.sink.play_next() == []
         h.pause(5, h.speak(4, t))  # 224 ms of it in one run: the interruption
         assert not h.system.turns.is_current(turn) and h.queued_blocks() == 0
-        gate.set()
-    finally:
-        h.close()
 
 
 def test_no_hold_when_the_assistant_is_silent_or_holding_is_off(server):
