@@ -62,7 +62,7 @@ STOP_COMMANDS = frozenset(
 """Utterances that only ask the assistant to be silent: it stops and listens, without answering."""
 EXIT_LIMIT_S = 6.0  # longest the stop may take (close() itself keeps to 1.8 s) before the watchdog ends the process
 HOLD_GRACE_S = 0.4  # a reply held for a sound goes on this long after the sound's utterance ended (see _hold_for_onset)
-HOLD_MIN_RUN_S = 0.096  # a held sound shorter than this (a click, an echo's residue) lets the reply go on at once
+HOLD_MIN_RUN_S = 0.096  # without echo cancellation, a held sound shorter than this (a click) lets the reply go on at once
 MAX_USER_CHARS = 4000  # an utterance longer than this (minutes of speech) keeps only its last words
 
 
@@ -244,7 +244,8 @@ class VoiceConversationSystem:
                 self._hold_for_onset()
             elif isinstance(event, SpeechLong):
                 speaking = self._assistant_speaking()
-                interrupted = (self.config.barge_in.barge_in and not self.mic.echo_unsafe()
+                # not for the residue of our own echo: the canceller let none of the utterance through
+                interrupted = (self.config.barge_in.barge_in and not self.mic.echo_unsafe() and self.mic.voice_passed is not False
                                and self.interrupt(onset_t=event.onset_t, decision_t=event.decision_t))  # fmt: skip
                 self._release_onset_hold(interrupted)
                 if interrupted or not speaking:
@@ -257,24 +258,36 @@ class VoiceConversationSystem:
             elif isinstance(event, Endpoint):
                 self._on_endpoint(event)
         if self._onset_hold:
-            tracker = self.mic.tracker
-            if not tracker.in_speech_run and tracker.longest_run_s < HOLD_MIN_RUN_S - 1e-9:
-                self._release_onset_hold()  # a click or an echo's residue: the reply goes on at once
-            elif tracker.in_utterance:
-                self._hold_quiet_since = 0.0
-            elif not self._hold_quiet_since:
-                self._hold_quiet_since = end_t
-            elif end_t - self._hold_quiet_since >= HOLD_GRACE_S - 1e-9:
-                self._release_onset_hold()  # a cough or a click, shorter than an interruption: the reply goes on
+            self._update_onset_hold(end_t)
+
+    def _update_onset_hold(self, end_t: float) -> None:
+        """Audio-in thread, each chunk while the reply is held: go on at once after a sound that is not a voice;
+        after a voice, once its utterance is over and HOLD_GRACE_S more (see _hold_for_onset)."""
+        mic = self.mic
+        tracker = mic.tracker
+        # with echo cancellation, what it let through; without it, a run long enough to be a word
+        voiced = mic.voice_passed if mic.voice_passed is not None else tracker.longest_run_s >= HOLD_MIN_RUN_S - 1e-9
+        if not tracker.in_speech_run and not voiced:
+            self._release_onset_hold()  # a click, or the residue of our own echo: the reply goes on at once
+        elif tracker.in_utterance:
+            self._hold_quiet_since = 0.0
+        elif not self._hold_quiet_since:
+            self._hold_quiet_since = end_t
+        elif end_t - self._hold_quiet_since >= HOLD_GRACE_S - 1e-9:
+            self._release_onset_hold()  # a cough or a word too short to interrupt: the reply goes on
 
     def _hold_for_onset(self) -> None:
         """Audio-in thread: a voice starts while the assistant speaks: hold the reply's audio at once (as a
-        person stops to listen). SpeechLong then interrupts it for good. A run shorter than HOLD_MIN_RUN_S
-        (a click; through a room, an echo canceller's residue) lets the reply go on at once. A longer one
-        holds it until the sound's utterance is over (the end-of-turn silence) and HOLD_GRACE_S more:
-        "Stop." heard as 130 ms, then a breath, then "tell me" must not let the reply go on in between
-        (measured live: it did, for 300 to 600 ms), and a room's echo canceller can make that breath look
-        longer than the end-of-turn silence. A cough pauses the reply for about a second."""
+        person stops to listen). SpeechLong then interrupts it for good.
+
+        A sound that is not a voice lets the reply go on as soon as its run ends: with echo cancellation,
+        one of which the canceller let no speech chunk through (the residue of our own echo: 25 dB or more
+        below the microphone, `MicrophoneChain.voice_passed`); without it, a run shorter than HOLD_MIN_RUN_S (a
+        click). A voice holds the reply until its utterance is over (the end-of-turn silence) and
+        HOLD_GRACE_S more, however short: "Stop." heard as 32 to 130 ms (the canceller takes its start
+        for echo), then a breath, then "tell me" must not let the reply go on in between (measured live:
+        it did, for 300 ms to 1 s), and a room's echo canceller can make that breath look longer than the
+        end-of-turn silence. A cough pauses the reply for about a second."""
         barge_in = self.config.barge_in
         if self._onset_hold and self.sink.paused:
             return  # a new run in the same utterance: already held

@@ -84,7 +84,7 @@ class Harness:
     """A running system on fakes (see the module docstring). Config fields are keyword arguments.
 
     `transcripts`: speculative transcription on, returning these texts in turn (implies `mic`).
-    `mic`: a microphone chain with FakeVAD, fed through `speak()`/`pause()`.
+    `mic`: a microphone chain with FakeVAD, fed through `speak()`/`pause()`; `canceller`: its echo canceller.
     `supervisor`: keyword arguments of an LLMSupervisor (polling every 50 ms), or None for none.
     `api`: the server's API ("llamacpp" or "openai", whose URL ends in /v1); `fallbacks`: more server
     URLs after `llm_url` (their API detected), in a BackendChain. `cues`: audio cues into the fake sink.
@@ -93,7 +93,7 @@ class Harness:
     def __init__(self, llm_url: str, *, transcripts: tuple[str, ...] | None = None, mic: bool = False,
                  defense=None, supervisor: dict | None = None, read_timeout_s: float = 5.0, api: str = "llamacpp",
                  api_key: str | None = None, fallbacks: tuple[str, ...] = (), transcript=None, metrics=None,
-                 cues: bool = False, **config) -> None:  # fmt: skip
+                 cues: bool = False, canceller=None, **config) -> None:  # fmt: skip
         config.setdefault("first_clause_min_words", 0)
         self.config = make_config(**config)
         self.sink = FakeAudioSink()
@@ -105,7 +105,7 @@ class Harness:
         chain = speculation = None
         if mic or transcripts is not None:
             tracker = build_tracker(self.config)
-            chain = MicrophoneChain(FakeVAD(), tracker, self.config.speech.vad_threshold)
+            chain = MicrophoneChain(FakeVAD(), tracker, self.config.speech.vad_threshold, canceller=canceller)
             if transcripts is not None:
                 self.transcriber = FakeTranscriber(*transcripts)
                 speculation = SpeculativeTranscriber(self.transcriber, TranscriptCache(lambda: tracker.last_speech_end_t))
@@ -139,11 +139,11 @@ class Harness:
         self.wait_idle()
         return self.synth.spoken[-1]
 
-    def speak(self, chunks: int, t: float) -> float:
+    def speak(self, chunks: int, t: float, level: float = 0.5) -> float:
         """Loud chunks (speech for FakeVAD) into the microphone; the time after the last one."""
         for _ in range(chunks):
             t += CHUNK_S
-            self.system.on_audio(np.full(512, 0.5, dtype=np.float32), t)
+            self.system.on_audio(np.full(512, level, dtype=np.float32), t)
         return t
 
     def pause(self, chunks: int, t: float) -> float:

@@ -89,6 +89,38 @@ class FakeVAD:
         return 1.0 if float(np.abs(chunk).mean()) > 0.1 else 0.0
 
 
+class FakeCanceller:
+    """An echo canceller that has learnt the room and takes `loss_db` off each chunk (tests change it)."""
+
+    latency_samples = 0
+
+    def __init__(self, loss_db: float = 0.0) -> None:
+        from voice_assistant.echo import EchoConfig
+
+        self.config = EchoConfig()
+        self.loss_db = loss_db
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        return (chunk * 10.0 ** (-self.loss_db / 20.0)).astype(np.float32)
+
+    def feed_reverse(self, samples: np.ndarray, rate_hz: int) -> None:
+        pass
+
+    def set_delay_ms(self, ms: float) -> None:
+        pass
+
+    def far_end_s(self) -> float:
+        return 10.0
+
+    def diverged(self) -> bool:
+        return False
+
+    def stats(self):
+        from voice_assistant.echo import EchoStats
+
+        return EchoStats(None, 10.0, False, 0.0, 0.0, 0, 0, "")
+
+
 class FakeTranscriber:
     """Scripted transcripts, one per call; records how much audio each call got."""
 

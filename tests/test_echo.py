@@ -394,3 +394,46 @@ def test_room_is_safe_to_feed_and_mix_from_two_threads():
         mic.append(room.mix(np.zeros(CHUNK, np.float32), end_t))
     thread.join(timeout=10)
     assert np.allclose(np.concatenate(mic), sequential(), atol=1e-6)
+
+
+class Replayed:
+    """The output of a canceller that has run, handed out again chunk by chunk (with its latency)."""
+
+    def __init__(self, canceller: EchoCanceller, cleaned: np.ndarray) -> None:
+        self.latency_samples = canceller.latency_samples
+        self.config = canceller.config
+        self._cleaned, self._at = cleaned, 0
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        out = self._cleaned[self._at : self._at + len(chunk)]
+        self._at += len(chunk)
+        return out
+
+
+def test_the_chain_tells_what_the_canceller_let_through_from_what_it_took_for_echo(far, near):
+    """`MicrophoneChain.passed`, with real AEC3 (0 dB room, 60 ms): the echo alone is taken off, 25 dB and
+    more once the canceller has learnt the room; the user's voice in double talk comes through."""
+    from voice_assistant.endpointing import UtteranceTracker
+    from voice_assistant.mic import MicrophoneChain
+
+    canceller, _, mic, cleaned, near_track = simulate(*far, near_audio=near, near_at_s=DOUBLE_TALK_AT_S)
+    chain = MicrophoneChain(None, UtteranceTracker(), canceller=Replayed(canceller, cleaned))
+    passed = []
+    for k in range(len(mic) // CHUNK):
+        chain.process(mic[k * CHUNK : (k + 1) * CHUNK], T0 + (k + 1) * CHUNK / RATE)
+        passed.append(chain.passed)
+    passed = np.array(passed)
+    lag = canceller.latency_samples
+    near_db = np.array([energy_db(near_track[max(0, k * CHUNK - lag) : k * CHUNK - lag + CHUNK]) - 10 * np.log10(CHUNK)
+                        for k in range(len(passed))])  # fmt: skip
+    mic_db = np.array([energy_db(mic[max(0, k * CHUNK - lag) : k * CHUNK - lag + CHUNK]) - 10 * np.log10(CHUNK)
+                       for k in range(len(passed))])  # fmt: skip
+    first = int(3.0 * RATE / CHUNK)
+    echo_only = np.arange(len(passed)) >= first
+    echo_only &= (near_db < -90) & (mic_db > -45)  # the assistant's echo in the microphone, no user
+    voice = (near_db > -35) & (np.arange(len(passed)) * CHUNK / RATE >= DOUBLE_TALK_AT_S)
+    print(f"passed: {passed[echo_only].mean():.2%} of {echo_only.sum()} echo-only chunks, "
+          f"{passed[voice].mean():.2%} of {voice.sum()} chunks of the user's voice in double talk")  # fmt: skip
+    assert echo_only.sum() > 50 and voice.sum() > 30
+    assert passed[echo_only].mean() <= 0.05
+    assert passed[voice].mean() >= 0.5

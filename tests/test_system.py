@@ -16,7 +16,7 @@ import pytest
 from asr_llm_tts import LLM_ERROR_REPLY
 from conftest import TIMEOUT_S, Harness, wait_until
 from fake_llama_server import Reply
-from fakes import FakeAudioSink
+from fakes import FakeAudioSink, FakeCanceller
 from voice_assistant.defense import SelfSpeechDefense
 from voice_assistant.endpointing import CHUNK_S
 from voice_assistant.history import SUMMARY_INTERRUPTED_MARK, summary_prompt_messages
@@ -291,6 +291,30 @@ def test_a_breath_longer_than_the_end_of_turn_after_a_short_word_still_holds_the
         t = h.speak(3, t)  # "tell me..." begins: still held
         assert h.sink.paused and h.sink.play_next() == []
         h.pause(5, h.speak(4, t))  # 224 ms of it in one run: the interruption
+        assert not h.system.turns.is_current(turn) and h.queued_blocks() == 0
+
+
+def test_with_echo_cancellation_a_voice_holds_however_short_and_our_echo_residue_never_does(server):
+    """Live, the canceller takes the start of "Stop." for echo and lets 32 to 64 ms of it through (the reply
+    went on for up to 1 s); its residue of our own voice comes as runs of 100 to 300 ms, 25 dB or more under
+    the microphone. What the canceller lets through is a voice; what it took off is not."""
+    canceller = FakeCanceller(loss_db=3.0)  # double talk: the user's word comes through
+    with assistant_speaking(server, canceller=canceller, barge_in_min_speech_ms=200) as (h, turn):
+        t = h.pause(10, h.speak(1, 1000.0))  # "Stop." as 32 ms, then a breath
+        assert h.sink.paused and h.system.turns.is_current(turn) and h.sink.play_next() == []
+        t = h.pause(5, h.speak(7, t))  # "tell me": the interruption
+        assert not h.system.turns.is_current(turn) and h.queued_blocks() == 0
+
+    canceller = FakeCanceller(loss_db=30.0)  # the residue of our own echo: loud in the microphone, 30 dB off
+    with assistant_speaking(server, canceller=canceller, barge_in_min_speech_ms=200) as (h, turn):
+        t = h.speak(5, 1000.0, level=5.0)  # 160 ms: held at its start, as any sound is
+        assert h.sink.paused
+        t = h.pause(4, t)  # the run is over: not a voice, the reply goes on at once
+        assert not h.sink.paused and h.system.turns.is_current(turn)
+        t = h.pause(4, h.speak(10, t, level=5.0))  # 320 ms of residue: no interruption
+        assert not h.sink.paused and h.system.turns.is_current(turn) and not h.system.metrics.barge_ins
+        canceller.loss_db = 3.0  # the user
+        h.pause(5, h.speak(7, h.pause(20, t)))  # then the user's 224 ms: the interruption
         assert not h.system.turns.is_current(turn) and h.queued_blocks() == 0
 
 
