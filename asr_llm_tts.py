@@ -61,6 +61,7 @@ STOP_COMMANDS = frozenset(
 )  # fmt: skip
 """Utterances that only ask the assistant to be silent: it stops and listens, without answering."""
 EXIT_LIMIT_S = 6.0  # longest the stop may take (close() itself keeps to 1.8 s) before the watchdog ends the process
+ECHO_TAIL_S = 0.3  # the room still echoes the assistant's voice this long after its last block sounded
 HOLD_GRACE_S = 0.4  # a reply held for a sound goes on this long after the sound's utterance ended (see _hold_for_onset)
 HOLD_MIN_RUN_S = 0.096  # without echo cancellation, a held sound shorter than this (a click) lets the reply go on at once
 MAX_USER_CHARS = 4000  # an utterance longer than this (minutes of speech) keeps only its last words
@@ -238,15 +239,18 @@ class VoiceConversationSystem:
 
     def on_audio(self, chunk, end_t: float) -> None:
         """Audio-in thread: 32 ms of 16 kHz float32 audio captured until `end_t`."""
+        with self._lock:
+            echoing = end_t < self._last_play_end_t + ECHO_TAIL_S
+        # half duplex while echo cancellation cannot be trusted: hearing our own voice, the assistant
+        # took its words for the user's and answered them (live, 1 session in 3 before this)
+        self.mic.deaf = echoing and self.mic.echo_unsafe()
         for event in self.mic.process(chunk, end_t):
             if isinstance(event, SpeechStart):
                 self._cancel_tentative()  # the user goes on talking: the speculative answer is moot
                 self._hold_for_onset()
             elif isinstance(event, SpeechLong):
                 speaking = self._assistant_speaking()
-                # not for the residue of our own echo: the canceller let none of the utterance through
-                interrupted = (self.config.barge_in.barge_in and not self.mic.echo_unsafe() and self.mic.voice_passed is not False
-                               and self.interrupt(onset_t=event.onset_t, decision_t=event.decision_t))  # fmt: skip
+                interrupted = self._barge_in(event)
                 self._release_onset_hold(interrupted)
                 if interrupted or not speaking:
                     self._cue("heard")
@@ -259,6 +263,22 @@ class VoiceConversationSystem:
                 self._on_endpoint(event)
         if self._onset_hold:
             self._update_onset_hold(end_t)
+
+    def _barge_in(self, event: SpeechLong) -> bool:
+        """Audio-in thread: a run of speech long enough to interrupt; True if it interrupted the reply."""
+        if not self.config.barge_in.barge_in or self.mic.echo_unsafe():
+            return False
+        if self.mic.voice_passed is False:
+            if self._assistant_speaking():
+                log.info("not interrupting: the echo canceller let none of that speech through (our own echo)")
+            return False
+        interrupted = self.interrupt(onset_t=event.onset_t, decision_t=event.decision_t)
+        if not interrupted and self._onset_hold:
+            with self._lock:
+                turn = self._active
+            log.info("speech did not interrupt: active turn %s", None if turn is None else
+                     (turn.turn_id, turn.tentative, turn.playback_done))  # fmt: skip
+        return interrupted
 
     def _update_onset_hold(self, end_t: float) -> None:
         """Audio-in thread, each chunk while the reply is held: go on at once after a sound that is not a voice;
@@ -412,7 +432,7 @@ class VoiceConversationSystem:
                 return
             turn = Turn(self.turns.advance(), cut.user_text, TurnTimings(cut.timings.speech_end_t, cut.timings.text_t))
             done = max(cut.heard_index + (1 if cut.heard_progress >= 0.999 else 0), 0)
-            turn.resumed_from, turn.sentences = cut.turn_id, cut.sentences[:done]
+            turn.resumed_from, turn.sentences, turn.fixed_reply = cut.turn_id, cut.sentences[:done], cut.fixed_reply
             turn.prompt, turn.llm_done = cut.prompt, cut.llm_done
             self._active = turn
         log.info("no words in the interruption: resuming turn %d at sentence %d", cut.turn_id, done + 1)
@@ -534,7 +554,9 @@ class VoiceConversationSystem:
             heard = turn.heard_text() if interrupted else turn.full_text()
         if self.defense.loop_breaker is not None and heard:
             self.defense.loop_breaker.assistant_replied(heard)
-        if turn.resumed_from:
+        if turn.fixed_reply:
+            pass  # "say that again", the loop breaker: not the model's words, and Qwen 0.5B copied them (live)
+        elif turn.resumed_from:
             self.history.replace_last_assistant(heard, interrupted)
         else:
             self.history.add(Exchange(turn.user_text, heard, interrupted))

@@ -90,15 +90,17 @@ class FakeVAD:
 
 
 class FakeCanceller:
-    """An echo canceller that has learnt the room and takes `loss_db` off each chunk (tests change it)."""
+    """An echo canceller that has had `heard_s` of the assistant's voice (10 s: it knows the room) and takes
+    `loss_db` off each chunk (tests change both)."""
 
     latency_samples = 0
 
-    def __init__(self, loss_db: float = 0.0) -> None:
+    def __init__(self, loss_db: float = 0.0, heard_s: float = 10.0) -> None:
         from voice_assistant.echo import EchoConfig
 
         self.config = EchoConfig()
         self.loss_db = loss_db
+        self.heard_s = heard_s
 
     def process(self, chunk: np.ndarray) -> np.ndarray:
         return (chunk * 10.0 ** (-self.loss_db / 20.0)).astype(np.float32)
@@ -110,7 +112,7 @@ class FakeCanceller:
         pass
 
     def far_end_s(self) -> float:
-        return 10.0
+        return self.heard_s
 
     def diverged(self) -> bool:
         return False

@@ -79,6 +79,9 @@ class MicrophoneChain:
         self.voice_passed: bool | None = None if canceller is None else False
         """Audio-in thread: the echo canceller let a speech chunk of the open (or last) utterance through (see
         PASSED_MAX_LOSS_DB): a voice in the room, not the residue of the assistant's own. None without one."""
+        self.deaf = False
+        """Set by the orchestrator (audio-in thread) while what is heard cannot be told from the assistant's
+        echo: VAD, utterances and ASR then get silence; the canceller still learns, the recording keeps all."""
         self._raw_tail: np.ndarray | None = None  # the microphone samples the canceller's output still lags
         self._barge_in_paused = False  # audio-in thread only
 
@@ -93,6 +96,8 @@ class MicrophoneChain:
         if self.recording is not None:
             self.recording.add(raw, chunk)
         self.level_dbfs = level_dbfs(chunk)  # for the console's meter
+        if self.deaf:
+            chunk = np.zeros_like(chunk)
         events = []
         if self.vad is not None:
             probability = self.vad.probability(chunk)
