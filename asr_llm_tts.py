@@ -135,6 +135,7 @@ class VoiceConversationSystem:
         self._endpoint_for = 0.0  # speech_end_t of the last utterance whose turn is over; guarded by _lock
         self._onset_hold = 0.0  # when the reply's audio was held for a voice that started (0: not); audio-in thread only
         self._hold_quiet_since = 0.0  # audio time the held sound's utterance ended (0: still open); audio-in thread
+        self._hold_voiced = False  # the canceller let part of the held sound through as a voice; audio-in thread
         self._no_words_for = 0.0  # utterance transcribed as empty, waiting for its endpoint; guarded by _lock
         self._last_play_end_t = 0.0  # when the last reply block stopped sounding; guarded by _lock
         self._stopping = threading.Event()
@@ -261,6 +262,8 @@ class VoiceConversationSystem:
                     self.speculation.submit(event)
             elif isinstance(event, Endpoint):
                 self._on_endpoint(event)
+        if self.mic.maybe_voice and not self._onset_hold:
+            self._hold_for_onset()  # the canceller let through what may be a voice: hold before Silero is sure
         if self._onset_hold:
             self._update_onset_hold(end_t)
 
@@ -285,11 +288,14 @@ class VoiceConversationSystem:
         after a voice, once its utterance is over and HOLD_GRACE_S more (see _hold_for_onset)."""
         mic = self.mic
         tracker = mic.tracker
+        if mic.maybe_voice:
+            self._hold_voiced = True  # kept to the end of the hold: the utterance may end before the grace does
         # with echo cancellation, what it let through; without it, a run long enough to be a word
-        voiced = mic.voice_passed if mic.voice_passed is not None else tracker.longest_run_s >= HOLD_MIN_RUN_S - 1e-9
-        if not tracker.in_speech_run and not voiced:
-            self._release_onset_hold()  # a click, or the residue of our own echo: the reply goes on at once
-        elif tracker.in_utterance:
+        voiced = self._hold_voiced if mic.passed is not None else tracker.longest_run_s >= HOLD_MIN_RUN_S - 1e-9
+        if not voiced:
+            if not tracker.in_speech_run:
+                self._release_onset_hold()  # a click, or the residue of our own echo: the reply goes on at once
+        elif tracker.in_utterance or mic.maybe_voice:
             self._hold_quiet_since = 0.0
         elif not self._hold_quiet_since:
             self._hold_quiet_since = end_t
@@ -300,10 +306,11 @@ class VoiceConversationSystem:
         """Audio-in thread: a voice starts while the assistant speaks: hold the reply's audio at once (as a
         person stops to listen). SpeechLong then interrupts it for good.
 
-        A sound that is not a voice lets the reply go on as soon as its run ends: with echo cancellation,
-        one of which the canceller let no speech chunk through (the residue of our own echo: 25 dB or more
-        below the microphone, `MicrophoneChain.voice_passed`); without it, a run shorter than HOLD_MIN_RUN_S (a
-        click). A voice holds the reply until its utterance is over (the end-of-turn silence) and
+        With echo cancellation, a chunk the canceller let through that Silero finds above its lower threshold
+        holds too (`MicrophoneChain.maybe_voice`): live, "Stop." under the assistant's echo often reached
+        only 0.4 to 0.5. A sound that is not a voice lets the reply go on as soon as its run ends: with echo
+        cancellation, one of which the canceller let no such chunk through (the residue of our own echo: 25 dB
+        or more below the microphone); without it, a run shorter than HOLD_MIN_RUN_S (a click). A voice holds the reply until its utterance is over (the end-of-turn silence) and
         HOLD_GRACE_S more, however short: "Stop." heard as 32 to 130 ms (the canceller takes its start
         for echo), then a breath, then "tell me" must not let the reply go on in between (measured live:
         it did, for 300 ms to 1 s), and a room's echo canceller can make that breath look longer than the
@@ -317,6 +324,7 @@ class VoiceConversationSystem:
             self.sink.pause(max_s=barge_in.barge_in_min_speech_ms / 1000.0 + end_of_turn_s + HOLD_GRACE_S + 1.0)
             self._onset_hold = time.monotonic()
             self._hold_quiet_since = 0.0
+            self._hold_voiced = False
 
     def _release_onset_hold(self, interrupted: bool = False) -> None:
         """Audio-in thread: end the hold (after an interruption the queue is empty: nothing more plays)."""

@@ -197,7 +197,11 @@ def run_live(count: int, work: Path) -> int:
             clips.append(soundfile.read(str(work / f"q{i}.wav"), dtype="float32")[0])
         command = [sys.executable, str(ROOT / "asr_llm_tts.py"), "--metrics-json", str(metrics_path), "--plain", "--no-cues",
                    "--system-prompt", SYSTEM_PROMPT, "--max-reply-tokens", "160", "--server-log",
-                   str(work / "server.log"), "--record-mic", str(work / "mic.wav")]  # fmt: skip
+                   str(work / "server.log"), "--record-mic", str(work / "mic.wav"),
+                   # a short memory: Qwen 0.5B at temperature 0 copied one misheard exchange ("Tell me a story
+                   # I'm out to dragons" -> "I'm out to dragons!") into every later reply, too short to interrupt
+                   "--no-enable-history-summarization", "--summarize-after-turns", "1", "--history-trim-threshold",
+                   "1", "--keep-recent-turns", "0"]  # fmt: skip
         recorder = RoomRecorder(env)
         with open(log_path, "w") as log_file:
             program = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

@@ -76,6 +76,9 @@ class MicrophoneChain:
         self.level_dbfs = -100.0  # the last chunk's level after echo cancellation (written by the audio-in thread)
         self.passed: bool | None = None
         """Audio-in thread: the echo canceller let the last chunk through (see PASSED_MAX_LOSS_DB); None without one."""
+        self.maybe_voice = False
+        """Audio-in thread: the last chunk was above the VAD's lower (onset) threshold and the canceller let it
+        through: perhaps the start of a voice, before Silero is sure. Always False without a canceller."""
         self.voice_passed: bool | None = None if canceller is None else False
         """Audio-in thread: the echo canceller let a speech chunk of the open (or last) utterance through (see
         PASSED_MAX_LOSS_DB): a voice in the room, not the residue of the assistant's own. None without one."""
@@ -108,6 +111,7 @@ class MicrophoneChain:
             events = self.tracker.push(chunk, is_speech, end_t, maybe)
             if self.passed and is_speech:
                 self.voice_passed = True
+            self.maybe_voice = bool(self.passed) and maybe
         if self.recognizer is not None:
             self._feed_asr((np.clip(chunk, -1.0, 1.0) * 32767.0).astype(np.int16))
         return events
