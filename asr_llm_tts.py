@@ -134,7 +134,7 @@ class VoiceConversationSystem:
         self._resumable: Turn | None = None  # reply cut by a barge-in that may prove false; guarded by _lock
         self._endpoint_for = 0.0  # speech_end_t of the last utterance whose turn is over; guarded by _lock
         self._onset_hold = 0.0  # when the reply's audio was held for a voice that started (0: not); audio-in thread only
-        self._hold_quiet_since = 0.0  # audio time the held sound's utterance ended (0: still open); audio-in thread
+        self._hold_voice_t = 0.0  # audio time of the held voice's last chunk (0: none yet); audio-in thread
         self._hold_voiced = False  # the canceller let part of the held sound through as a voice; audio-in thread
         self._no_words_for = 0.0  # utterance transcribed as empty, waiting for its endpoint; guarded by _lock
         self._last_play_end_t = 0.0  # when the last reply block stopped sounding; guarded by _lock
@@ -285,7 +285,8 @@ class VoiceConversationSystem:
 
     def _update_onset_hold(self, end_t: float) -> None:
         """Audio-in thread, each chunk while the reply is held: go on at once after a sound that is not a voice;
-        after a voice, once its utterance is over and HOLD_GRACE_S more (see _hold_for_onset)."""
+        after a voice, once nothing of it has been heard for the end-of-turn silence and HOLD_GRACE_S more,
+        and its utterance (if it made one) is over (see _hold_for_onset)."""
         mic = self.mic
         tracker = mic.tracker
         if mic.maybe_voice:
@@ -295,11 +296,11 @@ class VoiceConversationSystem:
         if not voiced:
             if not tracker.in_speech_run:
                 self._release_onset_hold()  # a click, or the residue of our own echo: the reply goes on at once
-        elif tracker.in_utterance or mic.maybe_voice:
-            self._hold_quiet_since = 0.0
-        elif not self._hold_quiet_since:
-            self._hold_quiet_since = end_t
-        elif end_t - self._hold_quiet_since >= HOLD_GRACE_S - 1e-9:
+            return
+        if mic.maybe_voice or tracker.last_speech_end_t == end_t or not self._hold_voice_t:
+            self._hold_voice_t = end_t
+        quiet_s = self.config.speech.end_of_speech_silence_ms / 1000.0 + HOLD_GRACE_S
+        if not tracker.in_utterance and end_t - self._hold_voice_t >= quiet_s - 1e-9:
             self._release_onset_hold()  # a cough or a word too short to interrupt: the reply goes on
 
     def _hold_for_onset(self) -> None:
@@ -323,7 +324,7 @@ class VoiceConversationSystem:
             # at most until the sound's utterance could have ended, with room for a breath inside it
             self.sink.pause(max_s=barge_in.barge_in_min_speech_ms / 1000.0 + end_of_turn_s + HOLD_GRACE_S + 1.0)
             self._onset_hold = time.monotonic()
-            self._hold_quiet_since = 0.0
+            self._hold_voice_t = 0.0
             self._hold_voiced = False
 
     def _release_onset_hold(self, interrupted: bool = False) -> None:

@@ -328,9 +328,9 @@ def test_with_echo_cancellation_what_may_be_a_voice_holds_the_reply_before_siler
     with assistant_speaking(server, canceller=canceller, barge_in_min_speech_ms=200) as (h, turn):
         t = h.speak(2, 1000.0, level=0.08)  # 0.4 to Silero
         assert h.sink.paused and h.system.mic.tracker.last_speech_end_t == 0.0
-        t = h.pause(12, t)  # 384 ms later: still held (a breath before "tell me")
+        t = h.pause(24, t)  # 768 ms later: still held (live, "tell me" came 600 ms after such a "Stop.")
         assert h.sink.paused
-        t = h.pause(2, t)  # 0.4 s after it: the reply goes on
+        t = h.pause(3, t)  # the end-of-turn silence and 0.4 s after it: the reply goes on
         assert not h.sink.paused and h.system.turns.is_current(turn) and not h.system.metrics.barge_ins
         canceller.loss_db = 30.0  # loud in the microphone, taken off as our echo: no hold
         h.pause(2, h.speak(2, t, level=2.5))
