@@ -62,7 +62,7 @@ STOP_COMMANDS = frozenset(
 """Utterances that only ask the assistant to be silent: it stops and listens, without answering."""
 EXIT_LIMIT_S = 6.0  # longest the stop may take (close() itself keeps to 1.8 s) before the watchdog ends the process
 ECHO_TAIL_S = 0.3  # the room still echoes the assistant's voice this long after its last block sounded
-HOLD_GRACE_S = 0.4  # a reply held for a sound goes on this long after the sound's utterance ended (see _hold_for_onset)
+HOLD_GRACE_S = 0.4  # a reply held for a voice goes on this long after the end-of-turn silence that followed it
 HOLD_MIN_RUN_S = 0.096  # without echo cancellation, a held sound shorter than this (a click) lets the reply go on at once
 MAX_USER_CHARS = 4000  # an utterance longer than this (minutes of speech) keeps only its last words
 
@@ -279,8 +279,8 @@ class VoiceConversationSystem:
         if not interrupted and self._onset_hold:
             with self._lock:
                 turn = self._active
-            log.info("speech did not interrupt: active turn %s", None if turn is None else
-                     (turn.turn_id, turn.tentative, turn.playback_done))  # fmt: skip
+            log.info("speech did not interrupt: no reply to stop (%s)", "none active" if turn is None else
+                     f"turn {turn.turn_id}, tentative {turn.tentative}, played {turn.playback_done}")  # fmt: skip
         return interrupted
 
     def _update_onset_hold(self, end_t: float) -> None:
@@ -304,22 +304,25 @@ class VoiceConversationSystem:
             self._release_onset_hold()  # a cough or a word too short to interrupt: the reply goes on
 
     def _hold_for_onset(self) -> None:
-        """Audio-in thread: a voice starts while the assistant speaks: hold the reply's audio at once (as a
-        person stops to listen). SpeechLong then interrupts it for good.
+        """Audio-in thread: a voice starts while the assistant speaks, or before a reply that is ready has
+        begun: hold the reply's audio at once (as a person stops to listen, and does not start over someone).
+        SpeechLong then interrupts it for good.
 
         With echo cancellation, a chunk the canceller let through that Silero finds above its lower threshold
         holds too (`MicrophoneChain.maybe_voice`): live, "Stop." under the assistant's echo often reached
         only 0.4 to 0.5. A sound that is not a voice lets the reply go on as soon as its run ends: with echo
-        cancellation, one of which the canceller let no such chunk through (the residue of our own echo: 25 dB
-        or more below the microphone); without it, a run shorter than HOLD_MIN_RUN_S (a click). A voice holds the reply until its utterance is over (the end-of-turn silence) and
-        HOLD_GRACE_S more, however short: "Stop." heard as 32 to 130 ms (the canceller takes its start
-        for echo), then a breath, then "tell me" must not let the reply go on in between (measured live:
-        it did, for 300 ms to 1 s), and a room's echo canceller can make that breath look longer than the
-        end-of-turn silence. A cough pauses the reply for about a second."""
+        cancellation, one of which the canceller let no such chunk through (the residue of our own echo: 25
+        dB or more below the microphone); without it, a run shorter than HOLD_MIN_RUN_S (a click).
+
+        A voice, however short, holds the reply until none of it has been heard for the end-of-turn silence
+        and HOLD_GRACE_S more: "Stop." heard as 32 to 130 ms (the canceller takes its start for echo), then
+        a breath, then "tell me" must not let the reply go on in between (measured live: it did, for 300 ms
+        to 1.2 s), and a room's echo canceller can make that breath look longer than the end-of-turn
+        silence. A cough pauses the reply for about a second."""
         barge_in = self.config.barge_in
         if self._onset_hold and self.sink.paused:
             return  # a new run in the same utterance: already held
-        if barge_in.barge_in and barge_in.pause_on_speech_onset and self._assistant_speaking() and not self.mic.echo_unsafe():
+        if barge_in.barge_in and barge_in.pause_on_speech_onset and self._reply_due() and not self.mic.echo_unsafe():
             end_of_turn_s = self.config.speech.end_of_speech_silence_ms / 1000.0
             # at most until the sound's utterance could have ended, with room for a breath inside it
             self.sink.pause(max_s=barge_in.barge_in_min_speech_ms / 1000.0 + end_of_turn_s + HOLD_GRACE_S + 1.0)
@@ -339,6 +342,12 @@ class VoiceConversationSystem:
         """Play the cue `name` ("heard", "thinking"), once echo cancellation knows the room."""
         if self.cues is not None and (self.mic is None or self.mic.echo_settled()):
             getattr(self.cues, name)()
+
+    def _reply_due(self) -> bool:
+        """A confirmed reply is sounding or about to (a voice heard now holds it: it must not begin over one)."""
+        with self._lock:
+            turn = self._active
+            return turn is not None and not turn.tentative and not turn.playback_done
 
     def _assistant_speaking(self) -> bool:
         with self._lock:

@@ -354,6 +354,27 @@ def test_while_echo_cancellation_learns_the_room_the_assistant_does_not_hear_its
         assert t - 0.064 > h.sink.clock + 0.3 and tracker.last_speech_end_t == t
 
 
+def test_a_reply_that_has_not_begun_to_sound_waits_while_the_user_speaks_on(server):
+    """Live, "Stop." misheard as "up" got "Sorry, we spoke at the same time" 0.6 s later, which began over the
+    user's "tell me..." and was cut: a reply must not start while a voice is heard."""
+    h = Harness(server.url, mic=True, barge_in_min_speech_ms=200)
+    try:
+        gate = threading.Event()
+        server.script(Reply(pieces=["Talking. ", "More talking."], gates={1: gate}))
+        turn = h.system.submit_user_text("up")
+        wait_until(lambda: h.queued_blocks() > 1, h.sink.item_arrived)  # ready, not yet sounding
+        queued = h.queued_blocks()
+        t = h.speak(4, 1000.0)  # the user goes on: 128 ms
+        assert h.sink.paused and h.sink.play_next() == [] and h.queued_blocks() == queued
+        t = h.pause(27, t)  # 864 ms of silence: it was a word, not the start of a sentence; the reply begins
+        assert not h.sink.paused and h.sink.play_next() and h.system.turns.is_current(turn)
+        h.pause(5, h.speak(7, t))  # 224 ms: the user speaks on; the reply is stopped
+        assert not h.system.turns.is_current(turn) and h.queued_blocks() == 0
+        gate.set()
+    finally:
+        h.close()
+
+
 def test_no_hold_when_the_assistant_is_silent_or_holding_is_off(server):
     h = Harness(server.url, mic=True, pause_on_speech_onset=False)
     try:

@@ -1,7 +1,8 @@
 """The microphone chain, on the audio-in thread: what the assistant hears, cleaned, and what it means.
 
-    source chunk -> simulated room (file mode's --simulate-echo) -> echo canceller (AEC3)
-                 -> --record-mic -> Silero VAD -> UtteranceTracker events
+    source chunk -> simulated room (file mode's --simulate-echo) -> echo canceller (AEC3) and its
+                    verdict (`passed`: let through as the room's own sound, or taken for our echo)
+                 -> --record-mic -> (silence while `deaf`) -> Silero VAD -> UtteranceTracker events
                  -> RealtimeSTT feed, held back while the language model processes a prompt
 
 `process()` returns the tracker's events for the orchestrator to act on. The playback thread
