@@ -32,7 +32,7 @@ PASSED_FLOOR_DBFS = -55.0
 parts of the echo lose only 15 dB or so; live, the user's first words came through at -35 to -22 dBFS)."""
 
 
-def level_dbfs(samples: np.ndarray) -> float:
+def mean_power_dbfs(samples: np.ndarray) -> float:
     """Mean power of float samples in dB full scale (-100 for digital silence)."""
     return 10.0 * float(np.log10(float(np.mean(samples * samples)) + 1e-10))
 
@@ -96,10 +96,11 @@ class MicrophoneChain:
         raw = chunk
         if self.canceller is not None:
             chunk = self.canceller.process(chunk)
-            self.passed = self._passed(raw, chunk)
+        self.level_dbfs = mean_power_dbfs(chunk)  # for the console's meter, and the canceller's verdict
+        if self.canceller is not None:
+            self.passed = self._passed(raw, len(chunk), self.level_dbfs)
         if self.recording is not None:
             self.recording.add(raw, chunk)
-        self.level_dbfs = level_dbfs(chunk)  # for the console's meter
         if self.deaf:
             chunk = np.zeros_like(chunk)
         events = []
@@ -117,15 +118,14 @@ class MicrophoneChain:
             self._feed_asr((np.clip(chunk, -1.0, 1.0) * 32767.0).astype(np.int16))
         return events
 
-    def _passed(self, raw: np.ndarray, cleaned: np.ndarray) -> bool:
-        """Compare `cleaned` with the microphone samples it came from (the canceller's output lags its input
-        by `latency_samples`, 12 ms for 512-sample chunks)."""
+    def _passed(self, raw: np.ndarray, cleaned_samples: int, after_dbfs: float) -> bool:
+        """Compare the cleaned chunk (`after_dbfs`) with the microphone samples it came from (the canceller's
+        output lags its input by `latency_samples`, 12 ms for 512-sample chunks)."""
         if self._raw_tail is None:  # set by the first call
             self._raw_tail = np.zeros(self.canceller.latency_samples or 0, dtype=np.float32)
         heard = np.concatenate([self._raw_tail, raw])
-        before, self._raw_tail = heard[: len(cleaned)], heard[len(cleaned) :]
-        after_dbfs = level_dbfs(cleaned)
-        return after_dbfs >= PASSED_FLOOR_DBFS and after_dbfs >= level_dbfs(before) - PASSED_MAX_LOSS_DB
+        before, self._raw_tail = heard[:cleaned_samples], heard[cleaned_samples:]
+        return after_dbfs >= PASSED_FLOOR_DBFS and after_dbfs >= mean_power_dbfs(before) - PASSED_MAX_LOSS_DB
 
     def _feed_asr(self, pcm: np.ndarray) -> None:
         if self.asr_hold.is_set():
