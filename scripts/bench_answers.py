@@ -32,7 +32,8 @@ import soundfile
 
 from benchlib import ROOT  # noqa: E402  (also sets the import paths)
 
-from answer_set import ENGLISH, MANDARIN, MANDARIN_VARIANTS, Question, is_correct, normalise, speech_rate  # noqa: E402
+from answer_set import (ENGLISH, ENGLISH_PIPER, MANDARIN, MANDARIN_VARIANTS, PIPER_LENGTH_SCALES,  # noqa: E402
+                        Question, is_correct, normalise, speech_rate)
 from bench_latency import PeakMemory  # noqa: E402
 
 from voice_assistant.metrics import read_metrics  # noqa: E402
@@ -62,9 +63,30 @@ def mandarin_voice(pitch: float, speed: float):
     return _MANDARIN_VOICE
 
 
+_PIPER_VOICE = None
+
+
+def piper_voice():
+    global _PIPER_VOICE
+    if _PIPER_VOICE is None:
+        from piper import PiperVoice
+
+        from voice_assistant.models import default_tts_model
+
+        _PIPER_VOICE = PiperVoice.load(str(default_tts_model()))
+    return _PIPER_VOICE
+
+
 def speak(question: Question, path: Path) -> np.ndarray:
     """The question as 16 kHz float32 audio, trimmed to its sound."""
-    if question.voice in MANDARIN_VARIANTS:
+    if question.voice in PIPER_LENGTH_SCALES:
+        from piper import SynthesisConfig
+
+        voice = piper_voice()
+        settings = SynthesisConfig(length_scale=PIPER_LENGTH_SCALES[question.voice])
+        chunks = [chunk.audio_float_array for chunk in voice.synthesize(question.text, syn_config=settings)]
+        audio = resample(np.concatenate(chunks).astype(np.float32), voice.config.sample_rate, RATE_HZ)
+    elif question.voice in MANDARIN_VARIANTS:
         voice = mandarin_voice(*MANDARIN_VARIANTS[question.voice])
         audio = resample(voice.synthesize_all(question.text), voice.sample_rate_hz, RATE_HZ)
     else:
@@ -114,9 +136,9 @@ def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def run_candidate(name: str, questions: list[Question], work: Path) -> dict:
+def run_candidate(name: str, questions: list[Question], work: Path, extra: list[str], voices: str) -> dict:
     model, asr, language = name.split("/")
-    folder = work / name.replace("/", "_")
+    folder = work / (name.replace("/", "_") + ("_piper" if voices == "piper" and language != "zh" else ""))
     folder.mkdir(parents=True, exist_ok=True)
     in_wav, out_wav = folder / "in.wav", folder / "out.wav"
     spans = build_conversation(questions, in_wav)
@@ -124,7 +146,7 @@ def run_candidate(name: str, questions: list[Question], work: Path) -> dict:
         sys.executable, str(ROOT / "asr_llm_tts.py"), "--input-wav", str(in_wav), "--output-wav", str(out_wav),
         "--metrics-json", str(folder / "metrics.jsonl"), "--transcript", str(folder / "transcript.jsonl"),
         "--server-log", str(folder / "server.log"), "--max-reply-tokens", str(MAX_TOKENS), "--no-cues",
-        "--llm-model", model, "--asr-model", asr, "--language", language,
+        "--llm-model", model, "--asr-model", asr, "--language", language, *extra,
     ]  # fmt: skip
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -159,7 +181,8 @@ def run_candidate(name: str, questions: list[Question], work: Path) -> dict:
 
     correct = sum(row["correct"] for row in rows)
     return {
-        "candidate": name, "model": model, "asr": asr, "language": language, "questions": len(questions),
+        "candidate": " ".join([name, *(["(Piper voice)"] if folder.name.endswith("_piper") else []), *extra]),
+        "model": model, "asr": asr, "language": language, "questions": len(questions),
         "correct": correct, "accuracy": correct / len(questions),
         "asked_once": sum(row["turns"] == 1 for row in rows), "missed": sum(row["turns"] == 0 for row in rows),
         "asr_error_rate": errors / max(1, reference_tokens),
@@ -229,7 +252,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="ask only the first N questions of each set")
     parser.add_argument("--out", default=str(ROOT / "bench_out" / "answers"))
     parser.add_argument("--typed", action="store_true", help="type the questions instead (the model alone, no audio)")
-    parser.add_argument("extra", nargs="*", help="program flags after --, for --typed")
+    parser.add_argument("--english-voices", choices=("espeak", "piper"), default="espeak",
+                        help="speak the English questions with espeak-ng's five voices, or Piper joe at three speeds")
+    parser.add_argument("extra", nargs="*", help="program flags after --")
     args = parser.parse_args()
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -246,10 +271,10 @@ def main() -> int:
         return 0
     results = []
     for name in args.candidates.split(","):
-        questions = MANDARIN if name.endswith("/zh") else ENGLISH
+        questions = MANDARIN if name.endswith("/zh") else ENGLISH_PIPER if args.english_voices == "piper" else ENGLISH
         questions = questions[: args.limit] if args.limit else questions
         print(f"{name}: {len(questions)} questions ...", flush=True)
-        result = run_candidate(name, questions, work)
+        result = run_candidate(name, questions, work, args.extra, args.english_voices)
         if name.endswith("/zh"):
             result.update(reply_intelligibility(work / name.replace("/", "_")))
             print(f"    replies: character error {result['reply_cer']:.1%} over {result['reply_characters']} "

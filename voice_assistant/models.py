@@ -13,7 +13,7 @@ from .errors import SetupError
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2-135m"
-DEFAULT_LLM = "qwen-0.5b"  # chosen by scripts/bench_answers.py: see the README's answer benchmark
+DEFAULT_LLM = "qwen-1.5b"  # chosen by scripts/bench_answers.py: see the README's answer benchmark
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
