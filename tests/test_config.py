@@ -45,7 +45,7 @@ def test_defaults_match_the_previous_argparse_defaults():
         "llm_url": None, "llm_model": None, "llama_server": None, "tts_model": None, "asr_model": None,
         "system_prompt": DEFAULT_SYSTEM_PROMPT, "input_device": None, "output_device": None, "input_wav": None,
         "output_wav": None, "transcript": None, "metrics_json": None, "server_log": None,
-        "llm_threads": 1, "llm_batch_threads": 2, "llm_wait_s": 5, "llm_timeout_s": 20, "llm_context": 4096,
+        "llm_threads": 2, "llm_batch_threads": 2, "llm_wait_s": 5, "llm_timeout_s": 20, "llm_context": 4096,
         "asr_threads": 2, "tts_threads": 1, "max_reply_tokens": 96, "end_of_speech_silence_ms": 450,
         "speculate_after_ms": 64, "block_ms": 20, "first_chunk_max_words": 8, "first_clause_min_words": 3,
         "use_http2": False, "use_raw_stream": True, "pause_asr_during_prefill": True, "low_latency_mode": True,
@@ -163,8 +163,8 @@ def test_precedence_defaults_then_file_then_flags(tmp_path):
     assert config.llm.temperature == 0.9 and config.logging.log_level == "DEBUG"  # file beats default
     assert config.llm.llm_batch_threads == 2  # default
     # A flag that repeats the built-in default still overrides the file.
-    config, _ = parse_command_line(["--config", str(path), "--llm-threads", "1"])
-    assert config.llm.llm_threads == 1
+    config, _ = parse_command_line(["--config", str(path), "--llm-threads", "2"])
+    assert config.llm.llm_threads == 2
 
 
 def test_default_config_file_is_read_when_it_exists(isolated_config_home, tmp_path):
