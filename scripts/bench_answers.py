@@ -2,8 +2,9 @@
 """Answer benchmark: are the spoken answers right, and how fast, for each candidate model and recogniser?
 
 For each candidate (an LLM, a recogniser, a language) it speaks the questions of
-scripts/answer_set.py (five espeak-ng voices; Mandarin: the Mandarin voice at three pitches), joins them into
-one conversation WAV with a pause after each, runs `asr_llm_tts.py` on it in file mode, and reports:
+scripts/answer_set.py (five espeak-ng voices, or with --english-voices piper the Piper joe voice at three
+speeds; Mandarin: the Mandarin voice at three pitches), joins them into one conversation WAV with a pause
+after each, runs `asr_llm_tts.py` on it in file mode (program flags after --), and reports:
 
 - accuracy: replies (from --transcript) that contain an accepted answer (answer_set.is_correct);
   a question that got no turn counts as wrong;
@@ -204,8 +205,11 @@ def run_typed(name: str, questions: list[Question], work: Path, extra: list[str]
                str(MAX_TOKENS), "--llm-model", model, "--language", language, *extra]  # fmt: skip
     (folder / "transcript.jsonl").unlink(missing_ok=True)
     typed = "".join(question.text + "\n" for question in questions)
-    output = subprocess.run(command, input=typed, capture_output=True, text=True).stdout
-    (folder / "program.log").write_text(output)
+    finished = subprocess.run(command, input=typed, capture_output=True, text=True)
+    (folder / "program.log").write_text(finished.stdout + finished.stderr)
+    if finished.returncode != 0:
+        last = (finished.stderr.strip() or finished.stdout.strip() or "no output").splitlines()[-1]
+        raise SystemExit(f"{name}: the program failed (exit {finished.returncode}): {last}")
     replies = {json.loads(line)["user"]: json.loads(line)["assistant"]
                for line in (folder / "transcript.jsonl").read_text().splitlines()}  # fmt: skip
     rows = [{"question": q.text, "reply": replies.get(q.text, ""), "correct": is_correct(replies.get(q.text, ""), q)}
