@@ -256,6 +256,35 @@ def test_output_device_vanishing_is_reported_and_reopened(monkeypatch, caplog):
         sink.close()
 
 
+def test_audio_lost_at_the_devices_is_counted_and_said_at_close(caplog):
+    """Input overflows and our own full queue (the program fell behind the microphone), and output
+    underflows, are counted in the PortAudio callbacks and said once at close."""
+    import logging
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from voice_assistant.audio_io import INPUT_CHUNK_SAMPLES, MicrophoneSource, SpeakerSink
+
+    caplog.set_level(logging.INFO, logger="voice_assistant.audio_io")
+    timing = SimpleNamespace(currentTime=1.0, inputBufferAdcTime=0.99, outputBufferDacTime=1.01)
+    mic = MicrophoneSource(None)
+    mic._queue.maxsize = 1  # the worker is not running: the second chunk finds the queue full
+    chunk = np.zeros((INPUT_CHUNK_SAMPLES, 1), dtype=np.float32)
+    mic._callback(chunk, INPUT_CHUNK_SAMPLES, timing, SimpleNamespace(input_overflow=True))
+    mic._callback(chunk, INPUT_CHUNK_SAMPLES, timing, SimpleNamespace(input_overflow=False))
+    assert (mic.overflows, mic.dropped_chunks) == (1, 1)
+    mic.close()
+    assert "microphone: 1 input overflows, 1 chunks dropped" in caplog.text
+
+    sink = SpeakerSink(None, 1000, 20)
+    sink._stream = SimpleNamespace(abort=lambda: None, close=lambda: None, stop=lambda: None)
+    out = np.zeros((sink.block_frames, 1), dtype=np.float32)
+    sink._callback(out, sink.block_frames, timing, SimpleNamespace(output_underflow=True))
+    sink.close()
+    assert "speaker: 1 output underflows" in caplog.text
+
+
 class ThreadKiller(BaseException):
     """What a worker loop does not catch (as SystemExit or a library's own BaseException would be)."""
 

@@ -332,6 +332,9 @@ class SpeakerSink(AudioSink):
     def close(self) -> None:
         stream, self._stream = self._stream, None
         _close_stream(stream)
+        if stream is not None and self.underflows:
+            log.info("speaker: %d output underflows (blocks the sound server asked for before we had them)",
+                     self.underflows)  # fmt: skip
 
 
 class AudioSource:
@@ -441,7 +444,8 @@ class MicrophoneSource(AudioSource):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.latency_s = 0.0
-        self.dropped_chunks = 0
+        self.dropped_chunks = 0  # our queue was full: the worker fell behind
+        self.overflows = 0  # PortAudio's input overflows: the device had samples we did not take in time
         self.error = ""
         self._last_chunk_t = 0.0
         self._chunks_since_open = 0
@@ -496,6 +500,8 @@ class MicrophoneSource(AudioSource):
     def _callback(self, indata, frames, time_info, status) -> None:
         self._last_chunk_t = time.monotonic()
         self._chunks_since_open += 1
+        if status.input_overflow:
+            self.overflows += 1
         captured_t = time.monotonic() - max(0.0, time_info.currentTime - time_info.inputBufferAdcTime)
         try:
             self._queue.put_nowait((indata[:, 0].copy(), captured_t))
@@ -518,3 +524,6 @@ class MicrophoneSource(AudioSource):
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
+        if self.overflows or self.dropped_chunks:
+            log.warning("microphone: %d input overflows, %d chunks dropped (the program fell behind the device)",
+                        self.overflows, self.dropped_chunks)  # fmt: skip
