@@ -133,6 +133,7 @@ class VoiceConversationSystem:
         self._active: Turn | None = None  # the turn being answered; guarded by _lock
         self._resumable: Turn | None = None  # reply cut by a barge-in that may prove false; guarded by _lock
         self._endpoint_for = 0.0  # speech_end_t of the last utterance whose turn is over; guarded by _lock
+        self._endpoint_how = ""  # how that turn ended (Endpoint.how); guarded by _lock
         self._onset_hold = 0.0  # when the reply's audio was held for a voice that started (0: not); audio-in thread only
         self._hold_voice_t = 0.0  # audio time of the held voice's last chunk (0: none yet); audio-in thread
         self._hold_voiced = False  # the canceller let part of the held sound through as a voice; audio-in thread
@@ -375,18 +376,28 @@ class VoiceConversationSystem:
             if not clean_for_speech(text):
                 self._no_words_for = job.speech_end_t
         if not clean_for_speech(text):
+            self._no_words_to_judge(job.speech_end_t)
             if ended:
                 self._on_no_words()
         elif is_stop_command(text):
+            self._no_words_to_judge(job.speech_end_t)
             self._on_stop_command(text)
         else:
             start_t = job.speech_end_t - len(job.audio) / INPUT_RATE_HZ
-            self._start_turn(text, job.speech_end_t, text_t, True, self._fixed_reply(text, start_t, job.speech_end_t))
+            fixed_reply = self._fixed_reply(text, start_t, job.speech_end_t)
+            if fixed_reply:
+                self._no_words_to_judge(job.speech_end_t)
+            self._start_turn(text, job.speech_end_t, text_t, True, fixed_reply)
+
+    def _no_words_to_judge(self, speech_end_t: float) -> None:
+        """No reply will ask the model about this utterance's words: the sound of it ends the turn."""
+        if self.turn_judge is not None:
+            self.turn_judge.no_words(speech_end_t)
 
     def _on_endpoint(self, event: Endpoint) -> None:
         """Audio-in thread: the user's turn is over; play the speculative answer if it is ready."""
         with self._lock:
-            self._endpoint_for = event.speech_end_t
+            self._endpoint_for, self._endpoint_how = event.speech_end_t, event.how
             turn = self._active
             no_words = self._no_words_for == event.speech_end_t
             promote = turn is not None and turn.tentative and turn.timings.speech_end_t == event.speech_end_t
@@ -481,6 +492,8 @@ class VoiceConversationSystem:
             turn.fixed_reply = fixed_reply
             turn.language = self._language_of(text)
             turn.tentative = speculative and self._endpoint_for != speech_end_t
+            if speculative and not turn.tentative:
+                turn.timings.end_of_turn = self._endpoint_how  # the turn ended before its words were transcribed
             if turn.tentative:
                 self.speech.hold(turn.turn_id)
             else:
@@ -616,10 +629,13 @@ class VoiceConversationSystem:
             else:
                 self._speak_reply(turn, prompt, continuation=True)
             return
+        judge_words = self.turn_judge is not None and turn.speculative and turn.tentative
         if turn.fixed_reply:
             self._emit_error_reply(turn, turn.fixed_reply)
             return
         if self.supervisor is not None and not self.supervisor.wait_settled():
+            if judge_words:
+                self._no_words_to_judge(turn.timings.speech_end_t)
             self._emit_error_reply(turn, LLM_UNAVAILABLE_REPLY)
             return
         turn.timings.llm_start_t = time.monotonic()
@@ -628,9 +644,13 @@ class VoiceConversationSystem:
             messages = self.history.messages(self.config.system_prompt(), user_text)
             turn.prompt = self.client.apply_template(messages)
         except LLMError as exc:
+            if judge_words:
+                self._no_words_to_judge(turn.timings.speech_end_t)
             log.error("language model unavailable: %s", exc)
             self._fail(turn, exc, LLM_ERROR_REPLY)
             return
+        if judge_words:  # before the reply: does the user's message end after these words?
+            self.turn_judge.judge_words(self.client, turn.timings.speech_end_t, turn.prompt, turn.user_text)
         self._speak_reply(turn, turn.prompt, continuation=False, build_end_t=time.monotonic())
 
     def _speak_reply(self, turn: Turn, prompt: str, continuation: bool, build_end_t: float = 0.0) -> None:

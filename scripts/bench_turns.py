@@ -14,6 +14,12 @@ and `smart`, the Smart Turn model) and measured from the WAVs:
   sound of the reply in OUT;
 - the turn model's own time per judgement is in the program's DEBUG log, not here.
 
+With `--speech piper` each split question is spoken whole by the Piper joe voice (three speeds) with a
+comma after its first half, and the comma's short pause is stretched to the benchmark's pause: the
+first half keeps the level or rising pitch of a sentence that goes on, as a person's does when they
+pause to think. espeak and Piper speaking the halves separately end each half like a
+finished sentence, which no end-of-turn model can tell from one.
+
 With `--speech real` the same layout is built from real recorded speech instead: Debian's
 asterisk-core-sounds-en-wav (one professional speaker, telephone band, fetched by bench_asr.py into
 bench_out/asr_data), whose prompts include fragments recorded to be continued ("You are entering
@@ -22,7 +28,7 @@ circuits are busy now."): the fragment, a pause, then its continuation (digits, 
 
 Writes bench_out/turns/result.json (bench_out/turns_real/ for real speech). Run it on a quiet machine
 (about 5 minutes per detector).
-Usage: .venv/bin/python scripts/bench_turns.py [--detectors silence,smart] [--speech espeak|real] [-- program flags]
+Usage: .venv/bin/python scripts/bench_turns.py [--detectors silence,smart] [--speech espeak|piper|real] [-- program flags]
 """
 
 from __future__ import annotations
@@ -114,6 +120,82 @@ def build_real(work: Path) -> tuple[Path, list[dict]]:
     return path, questions
 
 
+def piper_sentence(text: str, length_scale: float) -> np.ndarray:
+    """`text` spoken by the Piper joe voice, 16 kHz float32, trimmed to its sound."""
+    from piper import SynthesisConfig
+
+    from bench_answers import piper_voice
+    from voice_assistant.wavio import resample
+
+    voice = piper_voice()
+    settings = SynthesisConfig(length_scale=length_scale)
+    audio = np.concatenate([chunk.audio_float_array for chunk in voice.synthesize(text, syn_config=settings)])
+    audio = resample(audio.astype(np.float32), voice.config.sample_rate, 16000)
+    loud = np.nonzero(np.abs(audio) > 0.01)[0]
+    return audio[loud[0] : loud[-1] + 1]
+
+
+def quiet_gaps(audio: np.ndarray, frame: int = 160, threshold: float = 0.01) -> list[tuple[int, int]]:
+    """(start, end) samples of each run of at least 4 quiet 10 ms frames."""
+    quiet = [float(np.sqrt(np.mean(audio[i : i + frame] ** 2))) < threshold for i in range(0, len(audio) - frame, frame)]
+    gaps, start = [], None
+    for index, is_quiet in enumerate(quiet + [False]):
+        if is_quiet and start is None:
+            start = index
+        elif not is_quiet and start is not None:
+            if index - start >= 4:
+                gaps.append((start * frame, index * frame))
+            start = None
+    return gaps
+
+
+def piper_split(first: str, second: str, length_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The sentence "first, second" spoken whole, cut at the comma's pause (the longest quiet gap near
+    where `first` alone ends): the first half ends with the level or rising pitch of a sentence that goes on."""
+    whole = piper_sentence(f"{first}, {second}", length_scale)
+    alone = len(piper_sentence(f"{first},", length_scale))
+    near = [gap for gap in quiet_gaps(whole) if 0.7 * alone <= gap[0] <= 1.3 * alone]
+    if not near:
+        raise SystemExit(f"no pause found in Piper's {first!r}, {second!r}")
+    start, end = max(near, key=lambda gap: gap[1] - gap[0])
+    return whole[:start], whole[end:]
+
+
+def build_piper(work: Path) -> tuple[Path, list[dict]]:
+    """Like build(), spoken by Piper: each split question is one sentence, cut after its first half."""
+    from answer_set import PIPER_LENGTH_SCALES
+
+    scales = list(PIPER_LENGTH_SCALES.values())
+    rate = 16000
+    pieces, questions, cursor = [np.zeros(rate, dtype=np.float32)], [], rate
+
+    def add(audio: np.ndarray) -> tuple[float, float]:
+        nonlocal cursor
+        pieces.append(audio)
+        cursor += len(audio)
+        return ((cursor - len(audio)) / rate, cursor / rate)
+
+    def pause(seconds: float) -> None:
+        add(np.zeros(int(seconds * rate), dtype=np.float32))
+
+    for index in range(max(len(SPLIT), len(COMPLETE))):
+        scale = scales[index % len(scales)]
+        if index < len(SPLIT):
+            first, second = SPLIT[index]
+            before, after = piper_split(first, second, scale)
+            spans = [add(before)]
+            pause(PAUSES_S[index % len(PAUSES_S)])
+            spans.append(add(after))
+            pause(GAP_S)
+            questions.append({"kind": "split", "spans": spans})
+        if index < len(COMPLETE):
+            questions.append({"kind": "complete", "spans": [add(piper_sentence(COMPLETE[index], scale))]})
+            pause(GAP_S)
+    path = work / "in.wav"
+    soundfile.write(str(path), np.concatenate(pieces), rate, subtype="PCM_16")
+    return path, questions
+
+
 def build(work: Path) -> tuple[Path, list[dict]]:
     """The conversation WAV and, per question, its kind and the spans of its parts."""
     parts: list = [1.0]
@@ -148,15 +230,18 @@ def run(detector: str, in_wav: Path, questions: list[dict], work: Path, extra: l
         raise SystemExit(f"{detector}: the program failed (exit {result.returncode}); see {folder / 'program.log'}")
     out, rate = soundfile.read(str(folder / "out.wav"), dtype="float32")
     turns = read_metrics(metrics_path)["turns"]
-    cut, v2v, rows = 0, [], []
+    cut, ended, v2v, rows = 0, 0, [], []
     for question in questions:
         end = question["spans"][-1][1]
         if question["kind"] == "split":
             pause_start = question["spans"][0][1]
             early = first_sound_after(out, rate, pause_start, end - pause_start)  # the assistant spoke into the pause
             cut += early is not None
+            # the program ended the user's turn at the pause (answered or not, the question was split in two)
+            split = any(abs(t["speech_end_s"] - pause_start) < 0.3 for t in turns)
+            ended += split
             rows.append({"kind": "split", "pause_s": round(question["spans"][1][0] - question["spans"][0][1], 2),
-                         "spoke_into_pause": early is not None})  # fmt: skip
+                         "spoke_into_pause": early is not None, "turn_ended_at_pause": split})  # fmt: skip
         else:
             start = first_sound_after(out, rate, end, GAP_S)
             v2v.append(None if start is None else (start - end) * 1000.0)
@@ -168,7 +253,7 @@ def run(detector: str, in_wav: Path, questions: list[dict], work: Path, extra: l
     heard = [v for v in v2v if v is not None]
     return {
         "detector": detector, "split_questions": sum(q["kind"] == "split" for q in questions),
-        "cut_at_pause": cut, "complete_questions": len(complete_ends), "false_holds": held,
+        "cut_at_pause": cut, "turn_ended_at_pause": ended, "complete_questions": len(complete_ends), "false_holds": held,
         "answered": len(heard), "turns": len(turns), "users": [t["user"] for t in turns],
         "v2v_p50_ms": float(np.percentile(heard, 50)) if heard else None,
         "v2v_p95_ms": float(np.percentile(heard, 95)) if heard else None, "rows": rows,
@@ -178,25 +263,29 @@ def run(detector: str, in_wav: Path, questions: list[dict], work: Path, extra: l
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detectors", default="silence,smart")
-    parser.add_argument("--speech", choices=("espeak", "real"), default="espeak")
-    parser.add_argument("--out", type=Path, default=None, help="default: bench_out/turns (turns_real for real speech)")
+    parser.add_argument("--speech", choices=("espeak", "piper", "real"), default="espeak")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench_out/turns, turns_piper, turns_real")
     parser.add_argument("extra", nargs="*", help="program flags after --")
     args = parser.parse_args()
-    args.out = args.out or ROOT / "bench_out" / ("turns_real" if args.speech == "real" else "turns")
+    args.out = args.out or ROOT / "bench_out" / ("turns" if args.speech == "espeak" else f"turns_{args.speech}")
     args.out.mkdir(parents=True, exist_ok=True)
-    in_wav, questions = build_real(args.out) if args.speech == "real" else build(args.out)
+    builders = {"espeak": build, "piper": build_piper, "real": build_real}
+    in_wav, questions = builders[args.speech](args.out)
+    if args.speech == "piper":  # the questions are in the assistant's own voice, which the echo guards ignore
+        args.extra = ["--no-echo-guards", *args.extra]
     results = []
     for detector in args.detectors.split(","):
         print(f"{detector}: {len(questions)} questions ...", flush=True)
         results.append(run(detector, in_wav, questions, args.out, args.extra))
         (args.out / "result.json").write_text(json.dumps(results, indent=1) + "\n")
-    print("| end of turn | cut at a mid-question pause | false holds (complete questions) | "
-          "voice-to-voice p50 / p95 (complete) | turns |")  # fmt: skip
-    print("|---|---|---|---|---|")
+    print("| end of turn | spoke into a mid-question pause | turn ended at the pause | false holds (complete "
+          "questions) | voice-to-voice p50 / p95 (complete) | turns |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for r in results:
         p50 = "-" if r["v2v_p50_ms"] is None else f"{r['v2v_p50_ms']:.0f}"
         p95 = "-" if r["v2v_p95_ms"] is None else f"{r['v2v_p95_ms']:.0f}"
-        print(f"| {r['detector']} | {r['cut_at_pause']}/{r['split_questions']} | {r['false_holds']}/"
+        print(f"| {r['detector']} | {r['cut_at_pause']}/{r['split_questions']} | "
+              f"{r['turn_ended_at_pause']}/{r['split_questions']} | {r['false_holds']}/"
               f"{r['complete_questions']} | {p50} / {p95} ms | {r['turns']} |")
     print(f"result: {args.out / 'result.json'}")
     return 0

@@ -67,8 +67,8 @@ def test_defaults_match_the_previous_argparse_defaults():
         "language": "en", "max_no_speech_prob": 0.6, "min_avg_logprob": -1.2, "max_compression_ratio": 2.4,
         "tts_model_zh": None,
         # turn-taking (issue 11)
-        "turn_detector": "silence", "turn_complete_silence_ms": 200, "turn_max_silence_ms": 2000,
-        "turn_threshold": 0.5, "turn_model": None,
+        "turn_detector": "words", "turn_complete_silence_ms": 200, "turn_max_silence_ms": 2000,
+        "turn_threshold": 0.5, "turn_read_words": True, "turn_model": None,
     }  # fmt: skip
     assert Config().flat() == expected
     config, actions = parse_command_line([])

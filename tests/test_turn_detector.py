@@ -11,7 +11,8 @@ import pytest
 
 from voice_assistant.endpointing import CHUNK_S, Endpoint, PauseSnapshot, UtteranceTracker
 from voice_assistant.errors import SetupError
-from voice_assistant.turn_detector import FRAMES, MEL_BINS, TurnJudge, last_window, smart_turn_features
+from voice_assistant.turn_detector import (FRAMES, MEL_BINS, TurnJudge, ending_probability, last_window,
+                                           smart_turn_features, strip_final_punctuation, words_prefix)
 
 RATE = 16000
 SPEECH = np.full(512, 0.5, dtype=np.float32)
@@ -161,6 +162,119 @@ def test_a_too_short_utterance_ends_after_the_fixed_silence():
 def test_silence_mode_is_unchanged():
     events, _ = feed(smart_tracker(semantic=False), "s" * 20 + "." * 20, 100.0, verdict=False)
     assert endpoints(events) == [(20 + 14, "silence")]
+
+
+def feed_judged(tracker: UtteranceTracker, pattern: str, t: float, sound: bool, words: float | None, words_at: int):
+    """Like feed(), the sound judged at the snapshot and the words `words_at` chunks after it."""
+    events, snapshot_at = [], None
+    for index, symbol in enumerate(pattern):
+        t += CHUNK_S
+        for event in tracker.push(SPEECH if symbol == "s" else SILENCE, symbol == "s", t):
+            events.append((index, event))
+            if isinstance(event, PauseSnapshot):
+                tracker.set_verdict(event.speech_end_t, sound)
+                snapshot_at = index
+        if snapshot_at is not None and index == snapshot_at + words_at:
+            tracker.set_words_verdict(tracker.last_speech_end_t, words)
+    return events, t
+
+
+def test_words_that_cannot_end_a_message_keep_the_turn_open_though_it_sounds_finished():
+    # "How far away is" said with a falling voice: the model has no ending among its likeliest next tokens
+    events, _ = feed_judged(smart_tracker(read_words=True), "s" * 20 + "." * 80, 100.0, True, 0.0, words_at=8)
+    assert endpoints(events) == [(20 + 62, "cap")]
+
+
+def test_words_that_likely_end_a_message_end_a_turn_that_sounded_unfinished():
+    # "How many legs does a spider have": 0.97 that the message ends, though the voice seemed to hang
+    events, _ = feed_judged(smart_tracker(read_words=True), "s" * 20 + "." * 80, 100.0, False, 0.97, words_at=8)
+    assert endpoints(events) == [(21 + 8 + 1, "words")]  # the chunk after the words' verdict (snapshot at 21)
+
+
+def test_a_finished_sound_waits_for_the_words_then_ends():
+    tracker = smart_tracker(read_words=True)
+    events, _ = feed_judged(tracker, "s" * 20 + "." * 80, 100.0, True, 0.2, words_at=10)
+    assert endpoints(events) == [(21 + 10 + 1, "complete")]  # not at 200 ms (26): after the words' verdict
+
+
+@pytest.mark.parametrize("sound, expected", [(True, "complete"), (False, "cap")])
+def test_words_not_judged_leave_the_sound_to_decide(sound, expected):
+    events, _ = feed_judged(smart_tracker(read_words=True), "s" * 20 + "." * 80, 100.0, sound, None, words_at=0)
+    assert endpoints(events)[0][1] == expected
+
+
+def test_words_of_an_older_utterance_do_not_count():
+    tracker = smart_tracker(read_words=True)
+    events, t = feed(tracker, "s" * 20 + "...", 100.0, verdict=True)
+    stale = tracker.last_speech_end_t
+    events, t = feed(tracker, "s" * 10 + "...", t, verdict=True)
+    tracker.set_words_verdict(stale, 0.9)  # late, for the utterance before the user went on
+    events += feed(tracker, "." * 20, t)[0]
+    assert endpoints(events) == []  # waits for its own words (up to the cap)
+
+
+@pytest.mark.parametrize("words, expected", [
+    (0.0, [(20 + 62, "cap")]),  # "How far away is": waits up to the cap for the rest
+    (0.2, [(20 + 14, "silence")]),  # "What is the tallest mountain": the fixed 450 ms, as with silence alone
+    (0.95, [(21 + 8 + 1, "words")]),  # "How many legs does a spider have": ends at the words' verdict
+])  # fmt: skip
+def test_words_alone_without_a_sound_model(words, expected):
+    tracker = smart_tracker(semantic=False, read_words=True)
+    events, _ = feed_judged(tracker, "s" * 20 + "." * 80, 100.0, False, words, words_at=8)
+    assert endpoints(events) == expected
+
+
+def test_words_alone_wait_for_the_words_past_the_fixed_silence():
+    tracker = smart_tracker(semantic=False, read_words=True)
+    events, _ = feed_judged(tracker, "s" * 20 + "." * 80, 100.0, False, 0.2, words_at=20)  # a slow judgement
+    assert endpoints(events) == [(21 + 20 + 1, "silence")]
+
+
+def test_the_prompt_is_cut_after_the_words_and_the_end_marker_found():
+    prompt = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHow far away is<|im_end|>\n"
+              "<|im_start|>assistant\n")
+    assert words_prefix(prompt, "How far away is") == (prompt[: prompt.index("<|im_end|>\n<|im_start|>a")],
+                                                       "<|im_end|>")
+    assert words_prefix(prompt, "not there") is None and words_prefix(prompt, "") is None
+    assert strip_final_punctuation("How far away is?") == "How far away is"
+    assert strip_final_punctuation("中国的首都是哪里？") == "中国的首都是哪里"
+    assert strip_final_punctuation("I want to know about the...") == "I want to know about the"
+
+
+def test_the_ending_probability_adds_up_endings_only():
+    top = [(" the", 0.6), ("?", 0.2), ("?\n", 0.05), ("<|im_end|>", 0.03), ("", 0.01), ("。", 0.02), (" in", 0.09)]
+    assert ending_probability(top, "<|im_end|>") == pytest.approx(0.31)
+    assert ending_probability([(" the", 0.9), (" a", 0.1)], "<|im_end|>") == 0.0
+
+
+class FakeClient:
+    def __init__(self, top=None, error: Exception | None = None) -> None:
+        self.top, self.error, self.prompts = top or [], error, []
+
+    def next_tokens(self, prompt: str):
+        self.prompts.append(prompt)
+        if self.error is not None:
+            raise self.error
+        return self.top
+
+
+def test_the_judge_asks_the_model_about_the_words_and_tells_the_tracker():
+    tracker = smart_tracker(read_words=True)
+    judge = TurnJudge(FakeTurnModel(0.9), tracker)
+    prompt = "<|im_start|>user\nHow many legs does a spider have?<|im_end|>\n<|im_start|>assistant\n"
+    client = FakeClient([("?", 0.85), ("?\n", 0.11), (" in", 0.01)])
+    assert judge.judge_words(client, 12.5, prompt, "How many legs does a spider have?") == pytest.approx(0.96)
+    assert client.prompts == ["<|im_start|>user\nHow many legs does a spider have"]  # without the recogniser's "?"
+    assert tracker._words == (12.5, pytest.approx(0.96))
+
+
+def test_a_failed_question_to_the_model_leaves_the_sound_to_decide():
+    from voice_assistant.errors import LLMConnectionError
+
+    tracker = smart_tracker(read_words=True)
+    judge = TurnJudge(FakeTurnModel(0.9), tracker)
+    assert judge.judge_words(FakeClient(error=LLMConnectionError("down")), 3.0, "user\nhi there", "hi there") is None
+    assert tracker._words == (3.0, None)
 
 
 # ---------------------------------------------------------------------- the turn worker

@@ -218,9 +218,9 @@ def build_defense(config: Config, synthesizer, speaker=None, scores=None, voice_
     return defense
 
 
-def build_tracker(config: Config, semantic: bool = False):
+def build_tracker(config: Config, semantic: bool = False, read_words: bool = False):
     """Utterance tracking on the VAD: barge-in length, speculation pause, end of turn (`semantic`: ended
-    by a turn model's verdicts, see endpointing.py)."""
+    by a turn model's verdicts; `read_words`: the words judged too; see endpointing.py)."""
     from .endpointing import UtteranceTracker
 
     return UtteranceTracker(
@@ -231,6 +231,7 @@ def build_tracker(config: Config, semantic: bool = False):
         semantic=semantic,
         complete_silence_ms=config.speech.turn_complete_silence_ms,
         max_silence_ms=config.speech.turn_max_silence_ms,
+        read_words=read_words,
     )
 
 
@@ -351,12 +352,16 @@ def build_components(config: Config) -> dict:
         speculation = recognizer = mic = turn_judge = None
         if hearing:
             smart = speech.turn_detector == "smart"
-            tracker = build_tracker(config, semantic=smart)
-            if smart:
+            read_words = (speech.turn_detector == "words" or smart and speech.turn_read_words) and client.api == "llamacpp"
+            if speech.turn_detector == "words" and not read_words:
+                log.info("--turn-detector words needs llama-server's token probabilities: the turn ends on silence")
+            tracker = build_tracker(config, semantic=smart, read_words=read_words)
+            if smart or read_words:
                 from .turn_detector import TurnJudge
 
-                turn_model = load_turn_model(config)
-                turn_model.warm_up()
+                turn_model = load_turn_model(config) if smart else None
+                if turn_model is not None:
+                    turn_model.warm_up()
                 turn_judge = TurnJudge(turn_model, tracker, speech.turn_threshold)
             executor = transcriber
             if speech.speculate_after_ms > 0:

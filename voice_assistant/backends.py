@@ -96,6 +96,9 @@ class BackendChain:
     def stream(self, payload: dict, limits=None):
         return self.active.stream(payload, limits)
 
+    def next_tokens(self, prompt: str, count: int = 20, timeout_s: float = 2.0) -> list[tuple[str, float]]:
+        return self.active.next_tokens(prompt, count, timeout_s)
+
     def continue_prompt(self, prompt, said: str):
         return self.active.continue_prompt(prompt, said)
 

@@ -88,15 +88,19 @@ class SpeechConfig:
     asr_threads: int = option(2, "CTranslate2 threads for faster-whisper", min=1)
     end_of_speech_silence_ms: int = option(450, "silence after speech that ends the user's turn, in milliseconds",
                                            min=1, metavar="MS")
-    turn_detector: str = option("silence", "what ends the user's turn: smart (the Smart Turn model hears whether the "
-                                         "sentence is finished) or silence (--end-of-speech-silence-ms of silence)",
-                                choices=("smart", "silence"))
-    turn_complete_silence_ms: int = option(200, "smart: silence that ends a turn the model hears as finished, in "
+    turn_detector: str = option("words", "what ends the user's turn: words (silence, but words that cannot end a "
+                                         "message wait for more; the language model judges them), smart (the Smart "
+                                         "Turn model hears whether the sentence is finished, and the words are judged "
+                                         "too) or silence (--end-of-speech-silence-ms of silence)",
+                                choices=("words", "smart", "silence"))
+    turn_complete_silence_ms: int = option(200, "smart, words: silence that ends a turn heard as finished, in "
                                                 "milliseconds", min=1, metavar="MS")
-    turn_max_silence_ms: int = option(2000, "smart: the longest silence that a turn heard as unfinished waits for "
+    turn_max_silence_ms: int = option(2000, "smart, words: the longest silence that a turn heard as unfinished waits for "
                                             "more, in milliseconds", min=1, metavar="MS")
     turn_threshold: float = option(0.5, "smart: probability of a finished turn above which it is finished",
                                    min=0, max=1, metavar="P")
+    turn_read_words: bool = option(True, "smart: also ask the language model whether the words so far can end a "
+                                         "message (llama-server only; --turn-detector words always does)")
     turn_model: str | None = option(None, "smart: the Smart Turn v3 ONNX file (default: the one taken from the "
                                           "pipecat-ai wheel at set-up)", metavar="ONNX")
     speculate_after_ms: int = option(64, "transcribe and start answering after this much silence, before the turn "
@@ -414,10 +418,10 @@ class Config:
         if self.console.text and audio.input_wav is not None:
             raise ConfigError("--text replaces the microphone; it cannot be used with --input-wav")
         speech = self.speech
-        if speech.turn_detector == "smart" and speech.speculate_after_ms == 0:
-            raise ConfigError("--turn-detector smart listens to the first pause (--speculate-after-ms); it cannot be 0 "
-                              "(use --turn-detector silence)")
-        if speech.turn_detector == "smart" and speech.turn_complete_silence_ms > speech.turn_max_silence_ms:
+        if speech.turn_detector != "silence" and speech.speculate_after_ms == 0:
+            raise ConfigError(f"--turn-detector {speech.turn_detector} listens to the first pause (--speculate-after-ms); "
+                              "it cannot be 0 (use --turn-detector silence)")
+        if speech.turn_detector != "silence" and speech.turn_complete_silence_ms > speech.turn_max_silence_ms:
             raise ConfigError("--turn-complete-silence-ms must not be longer than --turn-max-silence-ms")
         if llm.history_trim_threshold < llm.summarize_after_turns:
             raise ConfigError("--history-trim-threshold must be at least --summarize-after-turns")

@@ -11,6 +11,16 @@ End of turn. With `semantic=False` a turn ends after `end_of_speech_ms` of silen
 thread), which reports back with `set_verdict()`: a turn heard as finished ends after
 `complete_silence_ms`, one heard as unfinished (or not judged yet) waits up to `max_silence_ms` for
 more speech. An utterance too short to be snapshot ends after `end_of_speech_ms`, as before.
+
+With `read_words=True` (smart, or words alone) the words are judged too, once the speculative transcript exists: the
+language model's probability that the user's message ends after them (`set_words_verdict`). Words
+that cannot end a message ("How far away is") keep the turn open up to `max_silence_ms` whatever the
+sound says; words that very likely end one ("How many legs does a spider have") end it after
+`complete_silence_ms` even when the sound seemed unfinished. Until the words are judged, a turn
+heard as finished waits for them (they come about 0.4 s after the voice stops, before the answer is
+ready to play). A verdict of None (no words, or no judgement possible) leaves the sound to decide.
+Without a sound model (`semantic=False`, `--turn-detector words`) words judged neither way end the
+turn after `end_of_speech_ms`, as with silence alone.
 """
 
 from __future__ import annotations
@@ -58,7 +68,12 @@ class Endpoint:
 
     speech_end_t: float
     speech_s: float
-    how: str = "silence"  # "silence" (fixed), "complete" (heard as finished), "cap" (waited the longest)
+    how: str = "silence"  # "silence" (fixed), "complete" (heard as finished), "words" (the words end a message
+    # though the sound seemed unfinished), "cap" (waited the longest)
+
+
+WORDS_UNFINISHED_BELOW = 0.0001  # no end of message or sentence among the model's likeliest next tokens
+WORDS_FINISHED_FROM = 0.5  # the model expects the message to end here more often than not
 
 
 class UtteranceTracker:
@@ -75,6 +90,7 @@ class UtteranceTracker:
         semantic: bool = False,
         complete_silence_ms: int = 200,
         max_silence_ms: int = 2000,
+        read_words: bool = False,
     ) -> None:
         self.min_speech_s = min_speech_ms / 1000.0
         self.speculate_after_s = speculate_after_ms / 1000.0
@@ -94,6 +110,8 @@ class UtteranceTracker:
         self.complete_silence_s = complete_silence_ms / 1000.0
         self.max_silence_s = max_silence_ms / 1000.0
         self._verdict: tuple[float, bool] | None = None  # (speech_end_t, finished); set by the turn thread
+        self.read_words = read_words
+        self._words: tuple[float, float | None] | None = None  # (speech_end_t, probability the message ends)
         self._verdict_lock = threading.Lock()
 
     def set_verdict(self, speech_end_t: float, finished: bool) -> None:
@@ -101,13 +119,29 @@ class UtteranceTracker:
         with self._verdict_lock:
             self._verdict = (speech_end_t, finished)
 
+    def set_words_verdict(self, speech_end_t: float, probability: float | None) -> None:
+        """The words of the utterance that ended at `speech_end_t`: how likely the message ends after them
+        (None: not judged, the sound decides). From the thread that asked the language model."""
+        with self._verdict_lock:
+            self._words = (speech_end_t, probability)
+
     def _end_of_turn(self) -> tuple[float, str]:
         """The silence that ends the open utterance now, and why that much."""
-        if not self.semantic or self._utterance_speech_s < self.min_utterance_s - 1e-9:
+        if not (self.semantic or self.read_words) or self._utterance_speech_s < self.min_utterance_s - 1e-9:
             return self.end_of_speech_s, "silence"  # no snapshot, so no verdict, comes for too short a one
         with self._verdict_lock:
-            verdict = self._verdict
-        if verdict is not None and verdict[0] == self.last_speech_end_t and verdict[1]:
+            verdict, words = self._verdict, self._words
+        sounds_finished = verdict is not None and verdict[0] == self.last_speech_end_t and verdict[1]
+        if self.read_words:
+            if words is None or words[0] != self.last_speech_end_t:
+                return self.max_silence_s, "cap"  # not judged yet: wait (the cap, should that never come)
+            if words[1] is not None and words[1] < WORDS_UNFINISHED_BELOW:
+                return self.max_silence_s, "cap"
+            if words[1] is not None and words[1] >= WORDS_FINISHED_FROM and not sounds_finished:
+                return self.complete_silence_s, "words"
+        if not self.semantic:
+            return self.end_of_speech_s, "silence"  # words judged, no sound model: the fixed silence
+        if sounds_finished:
             return self.complete_silence_s, "complete"
         return self.max_silence_s, "cap"
 

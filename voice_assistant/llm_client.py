@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -198,6 +199,27 @@ class LlamaClient:
             log.warning("llama-server has no /apply-template; falling back to the ChatML template")
             self._template_supported = False
         return chatml(messages)
+
+    def next_tokens(self, prompt: str, count: int = 20, timeout_s: float = 2.0) -> list[tuple[str, float]]:
+        """llama-server: the `count` likeliest next tokens after `prompt` and their probabilities, read
+        in the conversation's slot so that the prompt stays cached for the reply that follows."""
+        if self.api == OPENAI:
+            raise LLMProtocolError("an OpenAI-compatible server gives no next-token probabilities for a prompt")
+        payload = {"prompt": prompt, "n_predict": 1, "n_probs": count, "temperature": 0.0, "cache_prompt": True,
+                   "id_slot": 0}  # fmt: skip
+        try:
+            response = self._http.post(self.base_url + "/completion", json=payload, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise LLMConnectionError(f"llama-server at {self.base_url} unreachable: {exc}") from None
+        if response.status_code != 200:
+            raise http_error(response.status_code, response.content, response.headers.get("retry-after"))
+        try:
+            entry = response.json()["completion_probabilities"][0]
+            if "top_logprobs" in entry:
+                return [(str(t["token"]), math.exp(float(t["logprob"]))) for t in entry["top_logprobs"]]
+            return [(str(t["token"]), float(t["prob"])) for t in entry["top_probs"]]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise LLMProtocolError("llama-server /completion answered without token probabilities") from None
 
     def stream(self, payload: dict, limits: StreamLimits | None = None) -> "CompletionStream":
         """Start a streamed completion of `payload` (llama-server's /completion fields; `prompt` from

@@ -10,6 +10,13 @@ itself is never imported.
 WhisperFeatureExtractor with chunk_length=8 and do_normalize=True): the waveform is normalized to
 zero mean and unit variance, then faster-whisper's own log-mel extractor (the same Slaney mel
 filters and log compression as Whisper) turns it into (80, 800) features.
+
+The words are judged too (`TurnJudge.judge_words`, as LiveKit's turn detector does with its own small
+model): the conversation's language model, asked for its likeliest next tokens after the user's words
+in the chat template, says how likely the message ends there (the end-of-message token, or a
+sentence's final punctuation). "How far away is" never has an ending among its 20 likeliest tokens;
+"How many legs does a spider have" has 0.97. The prompt is the reply's own, cut after the words, in
+the conversation's slot: the reply that follows reads only the template's few closing tokens.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .endpointing import WORDS_UNFINISHED_BELOW
 from .workers import QueueWorker
 
 log = logging.getLogger(__name__)
@@ -94,12 +102,37 @@ class SmartTurnModel:
         self.probability(np.zeros(RATE_HZ, dtype=np.float32))
 
 
+ENDING_PIECES = frozenset({".", "?", "!", "…", "...", "。", "？", "！"})
+
+
+def words_prefix(prompt: str, words: str) -> tuple[str, str] | None:
+    """The reply's prompt cut right after the user's `words` (their last occurrence), and the template's
+    end-of-message marker that follows them ("<|im_end|>"); None if the words are not in the prompt."""
+    at = prompt.rfind(words)
+    if not words or at < 0:
+        return None
+    end = at + len(words)
+    return prompt[:end], prompt[end:].split("\n", 1)[0].strip()
+
+
+def ending_probability(top: list[tuple[str, float]], end_marker: str) -> float:
+    """How likely the message ends next, from the likeliest next tokens: the end-of-message marker (or a
+    control token, whose text is empty) or a sentence's final punctuation."""
+    return sum(p for token, p in top
+               if token == "" or token.strip() in ENDING_PIECES or (end_marker and token.strip() == end_marker))
+
+
+def strip_final_punctuation(text: str) -> str:
+    """The recogniser's guess of a final mark ("How far away is?") says nothing about the words."""
+    return text.rstrip().rstrip(".?!…。？！,，、 ")
+
+
 class TurnJudge:
     """The `turn` worker: judges each pause snapshot that is still the newest utterance, and tells the
     utterance tracker (`set_verdict`), which ends the turn soon (finished) or waits (unfinished)."""
 
     def __init__(self, model, tracker, threshold: float = 0.5) -> None:
-        self.model = model  # .probability(float32 16 kHz audio) -> float
+        self.model = model  # .probability(float32 16 kHz audio) -> float; None: the words alone
         self.tracker = tracker  # endpointing.UtteranceTracker
         self.threshold = threshold
         self.worker = QueueWorker("turn", self._handle)
@@ -109,8 +142,9 @@ class TurnJudge:
         self.worker.start()
 
     def submit(self, snapshot) -> None:
-        """Audio-in thread: a `PauseSnapshot`."""
-        self.worker.put(snapshot)
+        """Audio-in thread: a `PauseSnapshot` (ignored without a sound model: the words alone are judged)."""
+        if self.model is not None:
+            self.worker.put(snapshot)
 
     def idle(self) -> bool:
         return self.worker.idle()
@@ -127,3 +161,28 @@ class TurnJudge:
         self.last = (snapshot.speech_end_t, probability, (time.perf_counter() - start) * 1000.0)
         log.debug("turn %s (probability %.2f, %.0f ms)", "finished" if probability >= self.threshold else "unfinished",
                   probability, self.last[2])
+
+    def judge_words(self, client, speech_end_t: float, prompt: str, words: str) -> float | None:
+        """Reply thread, before a speculative reply is requested: how likely the user's message ends
+        after `words`, told to the tracker (None, the sound decides: no prompt text, or no server answer)."""
+        probability = None
+        if not self.tracker.read_words:
+            return None
+        cut = words_prefix(prompt, strip_final_punctuation(words)) if isinstance(prompt, str) else None
+        if cut is not None:
+            start = time.perf_counter()
+            try:
+                probability = ending_probability(client.next_tokens(cut[0]), cut[1])
+            except Exception as exc:  # any failure: the sound alone decides, the reply reports real errors
+                log.debug("words not judged: %s", exc)
+            else:
+                log.debug("words %s (ending probability %.4f, %.0f ms): %r",
+                          "unfinished" if probability < WORDS_UNFINISHED_BELOW else "judged", probability,
+                          (time.perf_counter() - start) * 1000.0, words)  # fmt: skip
+        self.tracker.set_words_verdict(speech_end_t, probability)
+        return probability
+
+    def no_words(self, speech_end_t: float) -> None:
+        """Nothing to judge for that utterance (no words, a stop command): the sound decides."""
+        if self.tracker.read_words:
+            self.tracker.set_words_verdict(speech_end_t, None)
