@@ -36,6 +36,7 @@ from benchlib import ROOT  # noqa: E402  (also sets the import paths)
 from answer_set import (ENGLISH, ENGLISH_PIPER, MANDARIN, MANDARIN_VARIANTS, PIPER_LENGTH_SCALES,  # noqa: E402
                         Question, is_correct, normalise, speech_rate)
 from bench_latency import PeakMemory  # noqa: E402
+from speech import piper_voice  # noqa: E402
 
 from voice_assistant.metrics import read_metrics  # noqa: E402
 from voice_assistant.wavio import resample  # noqa: E402
@@ -62,20 +63,6 @@ def mandarin_voice(pitch: float, speed: float):
     _MANDARIN_VOICE.set_speed(speed)
     _MANDARIN_VOICE.set_pitch(pitch)
     return _MANDARIN_VOICE
-
-
-_PIPER_VOICE = None
-
-
-def piper_voice():
-    global _PIPER_VOICE
-    if _PIPER_VOICE is None:
-        from piper import PiperVoice
-
-        from voice_assistant.models import default_tts_model
-
-        _PIPER_VOICE = PiperVoice.load(str(default_tts_model()))
-    return _PIPER_VOICE
 
 
 def speak(question: Question, path: Path) -> np.ndarray:

@@ -45,7 +45,7 @@ import soundfile
 from benchlib import ROOT  # noqa: E402  (also sets the import paths)
 
 from bench_latency import first_sound_after  # noqa: E402
-from speech import conversation  # noqa: E402
+from speech import conversation, piper_sentence, piper_split  # noqa: E402
 
 from voice_assistant.metrics import read_metrics  # noqa: E402
 
@@ -118,47 +118,6 @@ def build_real(work: Path) -> tuple[Path, list[dict]]:
     path = work / "in.wav"
     soundfile.write(str(path), np.concatenate(pieces), rate, subtype="PCM_16")
     return path, questions
-
-
-def piper_sentence(text: str, length_scale: float) -> np.ndarray:
-    """`text` spoken by the Piper joe voice, 16 kHz float32, trimmed to its sound."""
-    from piper import SynthesisConfig
-
-    from bench_answers import piper_voice
-    from voice_assistant.wavio import resample
-
-    voice = piper_voice()
-    settings = SynthesisConfig(length_scale=length_scale)
-    audio = np.concatenate([chunk.audio_float_array for chunk in voice.synthesize(text, syn_config=settings)])
-    audio = resample(audio.astype(np.float32), voice.config.sample_rate, 16000)
-    loud = np.nonzero(np.abs(audio) > 0.01)[0]
-    return audio[loud[0] : loud[-1] + 1]
-
-
-def quiet_gaps(audio: np.ndarray, frame: int = 160, threshold: float = 0.01) -> list[tuple[int, int]]:
-    """(start, end) samples of each run of at least 4 quiet 10 ms frames."""
-    quiet = [float(np.sqrt(np.mean(audio[i : i + frame] ** 2))) < threshold for i in range(0, len(audio) - frame, frame)]
-    gaps, start = [], None
-    for index, is_quiet in enumerate(quiet + [False]):
-        if is_quiet and start is None:
-            start = index
-        elif not is_quiet and start is not None:
-            if index - start >= 4:
-                gaps.append((start * frame, index * frame))
-            start = None
-    return gaps
-
-
-def piper_split(first: str, second: str, length_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The sentence "first, second" spoken whole, cut at the comma's pause (the longest quiet gap near
-    where `first` alone ends): the first half ends with the level or rising pitch of a sentence that goes on."""
-    whole = piper_sentence(f"{first}, {second}", length_scale)
-    alone = len(piper_sentence(f"{first},", length_scale))
-    near = [gap for gap in quiet_gaps(whole) if 0.7 * alone <= gap[0] <= 1.3 * alone]
-    if not near:
-        raise SystemExit(f"no pause found in Piper's {first!r}, {second!r}")
-    start, end = max(near, key=lambda gap: gap[1] - gap[0])
-    return whole[:start], whole[end:]
 
 
 def build_piper(work: Path) -> tuple[Path, list[dict]]:

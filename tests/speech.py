@@ -1,4 +1,4 @@
-"""Spoken test input made at test time with espeak-ng and sox (nothing large is committed)."""
+"""Spoken test input made at test time with espeak-ng, or the bundled Piper voice (nothing large is committed)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,73 @@ def say(text: str, path: Path, rate_hz: int = 16000, voice: str = "en-us") -> Pa
     return path
 
 
+_PIPER_VOICE = None
+
+
+def piper_voice():
+    """The bundled Piper voice (the assistant's own), loaded once."""
+    global _PIPER_VOICE
+    if _PIPER_VOICE is None:
+        from piper import PiperVoice
+
+        from voice_assistant.models import default_tts_model
+
+        _PIPER_VOICE = PiperVoice.load(str(default_tts_model()))
+    return _PIPER_VOICE
+
+
+def piper_sentence(text: str, length_scale: float = 1.0) -> np.ndarray:
+    """`text` spoken by the Piper voice, 16 kHz float32, trimmed to its sound."""
+    from piper import SynthesisConfig
+
+    from voice_assistant.wavio import resample
+
+    voice = piper_voice()
+    settings = SynthesisConfig(length_scale=length_scale)
+    audio = np.concatenate([chunk.audio_float_array for chunk in voice.synthesize(text, syn_config=settings)])
+    audio = resample(audio.astype(np.float32), voice.config.sample_rate, 16000)
+    loud = np.nonzero(np.abs(audio) > 0.01)[0]
+    return audio[loud[0] : loud[-1] + 1]
+
+
+def quiet_gaps(audio: np.ndarray, frame: int = 160, threshold: float = 0.01) -> list[tuple[int, int]]:
+    """(start, end) samples of each run of at least 4 quiet 10 ms frames."""
+    quiet = [float(np.sqrt(np.mean(audio[i : i + frame] ** 2))) < threshold for i in range(0, len(audio) - frame, frame)]
+    gaps, start = [], None
+    for index, is_quiet in enumerate(quiet + [False]):
+        if is_quiet and start is None:
+            start = index
+        elif not is_quiet and start is not None:
+            if index - start >= 4:
+                gaps.append((start * frame, index * frame))
+            start = None
+    return gaps
+
+
+def piper_split(first: str, second: str, length_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The sentence "first, second" spoken whole by Piper, cut at the comma's pause (the longest quiet gap
+    near where `first` alone ends): the first half ends with the level pitch of a sentence that goes on,
+    as a person's does when they pause to think (espeak, and Piper speaking the halves separately, end
+    it like a finished sentence)."""
+    whole = piper_sentence(f"{first}, {second}", length_scale)
+    alone = len(piper_sentence(f"{first},", length_scale))
+    near = [gap for gap in quiet_gaps(whole) if 0.7 * alone <= gap[0] <= 1.3 * alone]
+    if not near:
+        raise ValueError(f"no pause found in Piper's {first!r}, {second!r}")
+    start, end = max(near, key=lambda gap: gap[1] - gap[0])
+    return whole[:start], whole[end:]
+
+
 def conversation(parts: list, path: Path, rate_hz: int = 16000) -> tuple[Path, list[tuple[float, float]]]:
-    """A WAV of utterances (str) and pauses (float seconds); returns it and each utterance's (start, end) s."""
+    """A WAV of utterances (str: espeak; a float32 array: audio at `rate_hz`) and pauses (float seconds);
+    returns it and each utterance's (start, end) s."""
     pieces, spans, cursor = [], [], 0
     for part in parts:
-        if isinstance(part, str):
-            clip, _ = soundfile.read(str(say(part, path.with_name("utt.wav"), rate_hz)), dtype="float32")
+        if isinstance(part, (str, np.ndarray)):
+            if isinstance(part, str):
+                clip, _ = soundfile.read(str(say(part, path.with_name("utt.wav"), rate_hz)), dtype="float32")
+            else:
+                clip = part
             voiced = np.nonzero(np.abs(clip) > 0.01)[0]
             spans.append(((cursor + voiced[0]) / rate_hz, (cursor + voiced[-1]) / rate_hz))
         else:

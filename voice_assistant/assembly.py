@@ -310,8 +310,8 @@ def build_components(config: Config) -> dict:
             model=resolve_asr_model(speech.asr_model, speech.language),
             language=None if speech.language == "auto" else speech.language,
             threads=speech.asr_threads,
-            # smart: RealtimeSTT's own end of turn must never come before the turn model's longest wait
-            end_of_speech_silence_s=(speech.turn_max_silence_ms + 300 if speech.turn_detector == "smart"
+            # words, smart: RealtimeSTT's own end of turn must never come before the longest wait for more
+            end_of_speech_silence_s=(speech.turn_max_silence_ms + 300 if speech.turn_detector != "silence"
                                      else speech.end_of_speech_silence_ms) / 1000.0,
             early_transcription_ms=0,
         )
