@@ -361,3 +361,10 @@ def test_a_repeated_option_round_trips_through_the_file(tmp_path):
     path.write_text('llm_fallback_url = "http://one"\n')
     with pytest.raises(ConfigError, match="'llm_fallback_url' must be a list"):
         Config.from_flat(load_toml(path), source=str(path))
+
+
+def test_turning_speculation_off_leaves_the_default_words_detector_to_silence_and_refuses_smart():
+    config, _ = parse_command_line(["--speculate-after-ms", "0"])  # the default `words` becomes silence alone
+    assert config.speech.turn_detector == "words" and config.speech.speculate_after_ms == 0
+    with pytest.raises(ConfigError, match="--turn-detector smart listens to the first pause"):
+        parse_command_line(["--speculate-after-ms", "0", "--turn-detector", "smart"])

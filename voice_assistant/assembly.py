@@ -306,12 +306,14 @@ def build_components(config: Config) -> dict:
                 synthesizer = BilingualSynthesizer(synthesizer, mandarin)
         else:
             synthesizer = SilentSynthesizer()
+        # the words are judged on the speculative transcript: without speculation `words` is silence alone
+        holds_turn = speech.turn_detector == "smart" or speech.turn_detector == "words" and speech.speculate_after_ms > 0
         asr_config = ASRConfig(
             model=resolve_asr_model(speech.asr_model, speech.language),
             language=None if speech.language == "auto" else speech.language,
             threads=speech.asr_threads,
             # words, smart: RealtimeSTT's own end of turn must never come before the longest wait for more
-            end_of_speech_silence_s=(speech.turn_max_silence_ms + 300 if speech.turn_detector != "silence"
+            end_of_speech_silence_s=(speech.turn_max_silence_ms + 300 if holds_turn
                                      else speech.end_of_speech_silence_ms) / 1000.0,
             early_transcription_ms=0,
         )
@@ -352,9 +354,11 @@ def build_components(config: Config) -> dict:
         speculation = recognizer = mic = turn_judge = None
         if hearing:
             smart = speech.turn_detector == "smart"
-            read_words = (speech.turn_detector == "words" or smart and speech.turn_read_words) and client.api == "llamacpp"
+            words = speech.turn_detector == "words" and speech.speculate_after_ms > 0
+            read_words = (words or smart and speech.turn_read_words) and client.api == "llamacpp"
             if speech.turn_detector == "words" and not read_words:
-                log.info("--turn-detector words needs llama-server's token probabilities: the turn ends on silence")
+                log.info("--turn-detector words needs speculation (--speculate-after-ms) and llama-server's token "
+                         "probabilities: the turn ends on silence")
             tracker = build_tracker(config, semantic=smart, read_words=read_words)
             if smart or read_words:
                 from .turn_detector import TurnJudge

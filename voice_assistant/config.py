@@ -418,9 +418,9 @@ class Config:
         if self.console.text and audio.input_wav is not None:
             raise ConfigError("--text replaces the microphone; it cannot be used with --input-wav")
         speech = self.speech
-        if speech.turn_detector != "silence" and speech.speculate_after_ms == 0:
-            raise ConfigError(f"--turn-detector {speech.turn_detector} listens to the first pause (--speculate-after-ms); "
-                              "it cannot be 0 (use --turn-detector silence)")
+        if speech.turn_detector == "smart" and speech.speculate_after_ms == 0:
+            raise ConfigError("--turn-detector smart listens to the first pause (--speculate-after-ms); it cannot be 0 "
+                              "(use --turn-detector silence)")
         if speech.turn_detector != "silence" and speech.turn_complete_silence_ms > speech.turn_max_silence_ms:
             raise ConfigError("--turn-complete-silence-ms must not be longer than --turn-max-silence-ms")
         if llm.history_trim_threshold < llm.summarize_after_turns:
