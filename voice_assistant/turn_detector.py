@@ -1,4 +1,4 @@
-"""Semantic end of turn: has the user finished what they were saying, judged from the sound of it?
+"""Semantic end of turn: has the user finished what they were saying, judged from the words and the sound?
 
 Smart Turn v3.2 (pipecat, BSD-2-Clause) is a small Whisper-encoder classifier: it takes the last
 8 s of the utterance as 80-bin Whisper log-mel features and says how likely the turn is complete,
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .endpointing import WORDS_UNFINISHED_BELOW
+from .errors import LLMError
 from .workers import QueueWorker
 
 log = logging.getLogger(__name__)
@@ -165,15 +166,15 @@ class TurnJudge:
     def judge_words(self, client, speech_end_t: float, prompt: str, words: str) -> float | None:
         """Reply thread, before a speculative reply is requested: how likely the user's message ends
         after `words`, told to the tracker (None, the sound decides: no prompt text, or no server answer)."""
-        probability = None
         if not self.tracker.read_words:
             return None
+        probability = None
         cut = words_prefix(prompt, strip_final_punctuation(words)) if isinstance(prompt, str) else None
         if cut is not None:
             start = time.perf_counter()
             try:
                 probability = ending_probability(client.next_tokens(cut[0]), cut[1])
-            except Exception as exc:  # any failure: the sound alone decides, the reply reports real errors
+            except LLMError as exc:  # the sound (or the fixed silence) decides; the reply reports real errors
                 log.debug("words not judged: %s", exc)
             else:
                 log.debug("words %s (ending probability %.4f, %.0f ms): %r",
