@@ -88,71 +88,54 @@ def recorded(names: list[str]) -> np.ndarray:
     return np.concatenate(pieces)
 
 
+def lay_out(work: Path, splits: list[tuple[np.ndarray, np.ndarray]],
+            completes: list[np.ndarray]) -> tuple[Path, list[dict]]:  # fmt: skip
+    """The conversation WAV of recorded or synthesized audio, in build()'s layout: each split question's
+    halves with a pause between, each whole question, each followed by GAP_S; and each question's spans."""
+    rate = 16000
+    pieces, questions, cursor = [np.zeros(rate, dtype=np.float32)], [], rate
+
+    def add(audio: np.ndarray) -> tuple[float, float]:
+        nonlocal cursor
+        pieces.append(audio)
+        cursor += len(audio)
+        return ((cursor - len(audio)) / rate, cursor / rate)
+
+    def pause(seconds: float) -> None:
+        add(np.zeros(int(seconds * rate), dtype=np.float32))
+
+    for index in range(max(len(splits), len(completes))):
+        if index < len(splits):
+            spans = [add(splits[index][0])]
+            pause(PAUSES_S[index % len(PAUSES_S)])
+            spans.append(add(splits[index][1]))
+            pause(GAP_S)
+            questions.append({"kind": "split", "spans": spans})
+        if index < len(completes):
+            questions.append({"kind": "complete", "spans": [add(completes[index])]})
+            pause(GAP_S)
+    path = work / "in.wav"
+    soundfile.write(str(path), np.concatenate(pieces), rate, subtype="PCM_16")
+    return path, questions
+
+
 def build_real(work: Path) -> tuple[Path, list[dict]]:
     """Like build(), from the asterisk recordings."""
     if not ASTERISK.is_dir():
         raise SystemExit(f"no recordings in {ASTERISK}: run scripts/bench_asr.py once (it fetches them)")
-    rate = 16000
-    pieces, questions, cursor = [np.zeros(rate, dtype=np.float32)], [], rate
-
-    def add(audio: np.ndarray) -> tuple[float, float]:
-        nonlocal cursor
-        pieces.append(audio)
-        cursor += len(audio)
-        return ((cursor - len(audio)) / rate, cursor / rate)
-
-    def pause(seconds: float) -> None:
-        add(np.zeros(int(seconds * rate), dtype=np.float32))
-
-    for index in range(max(len(REAL_SPLIT), len(REAL_COMPLETE))):
-        if index < len(REAL_SPLIT):
-            first, second = REAL_SPLIT[index]
-            spans = [add(recorded(first))]
-            pause(PAUSES_S[index % len(PAUSES_S)])
-            spans.append(add(recorded(second)))
-            pause(GAP_S)
-            questions.append({"kind": "split", "spans": spans})
-        if index < len(REAL_COMPLETE):
-            questions.append({"kind": "complete", "spans": [add(recorded([REAL_COMPLETE[index]]))]})
-            pause(GAP_S)
-    path = work / "in.wav"
-    soundfile.write(str(path), np.concatenate(pieces), rate, subtype="PCM_16")
-    return path, questions
+    splits = [(recorded(first), recorded(second)) for first, second in REAL_SPLIT]
+    return lay_out(work, splits, [recorded([name]) for name in REAL_COMPLETE])
 
 
 def build_piper(work: Path) -> tuple[Path, list[dict]]:
-    """Like build(), spoken by Piper: each split question is one sentence, cut after its first half."""
+    """Like build(), spoken by Piper at its three speeds: each split question is one sentence, cut after
+    its first half."""
     from answer_set import PIPER_LENGTH_SCALES
 
     scales = list(PIPER_LENGTH_SCALES.values())
-    rate = 16000
-    pieces, questions, cursor = [np.zeros(rate, dtype=np.float32)], [], rate
-
-    def add(audio: np.ndarray) -> tuple[float, float]:
-        nonlocal cursor
-        pieces.append(audio)
-        cursor += len(audio)
-        return ((cursor - len(audio)) / rate, cursor / rate)
-
-    def pause(seconds: float) -> None:
-        add(np.zeros(int(seconds * rate), dtype=np.float32))
-
-    for index in range(max(len(SPLIT), len(COMPLETE))):
-        scale = scales[index % len(scales)]
-        if index < len(SPLIT):
-            first, second = SPLIT[index]
-            before, after = piper_split(first, second, scale)
-            spans = [add(before)]
-            pause(PAUSES_S[index % len(PAUSES_S)])
-            spans.append(add(after))
-            pause(GAP_S)
-            questions.append({"kind": "split", "spans": spans})
-        if index < len(COMPLETE):
-            questions.append({"kind": "complete", "spans": [add(piper_sentence(COMPLETE[index], scale))]})
-            pause(GAP_S)
-    path = work / "in.wav"
-    soundfile.write(str(path), np.concatenate(pieces), rate, subtype="PCM_16")
-    return path, questions
+    splits = [piper_split(first, second, scales[i % len(scales)]) for i, (first, second) in enumerate(SPLIT)]
+    completes = [piper_sentence(text, scales[i % len(scales)]) for i, text in enumerate(COMPLETE)]
+    return lay_out(work, splits, completes)
 
 
 def build(work: Path) -> tuple[Path, list[dict]]:

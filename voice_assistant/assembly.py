@@ -306,14 +306,15 @@ def build_components(config: Config) -> dict:
                 synthesizer = BilingualSynthesizer(synthesizer, mandarin)
         else:
             synthesizer = SilentSynthesizer()
+        smart = speech.turn_detector == "smart"
         # the words are judged on the speculative transcript: without speculation `words` is silence alone
-        holds_turn = speech.turn_detector == "smart" or speech.turn_detector == "words" and speech.speculate_after_ms > 0
+        words = speech.turn_detector == "words" and speech.speculate_after_ms > 0
         asr_config = ASRConfig(
             model=resolve_asr_model(speech.asr_model, speech.language),
             language=None if speech.language == "auto" else speech.language,
             threads=speech.asr_threads,
             # words, smart: RealtimeSTT's own end of turn must never come before the longest wait for more
-            end_of_speech_silence_s=(speech.turn_max_silence_ms + 300 if holds_turn
+            end_of_speech_silence_s=(speech.turn_max_silence_ms + 300 if smart or words
                                      else speech.end_of_speech_silence_ms) / 1000.0,
             early_transcription_ms=0,
         )
@@ -353,8 +354,6 @@ def build_components(config: Config) -> dict:
             supervisor.mark_down()  # start_llm printed the status line
         speculation = recognizer = mic = turn_judge = None
         if hearing:
-            smart = speech.turn_detector == "smart"
-            words = speech.turn_detector == "words" and speech.speculate_after_ms > 0
             read_words = (words or smart and speech.turn_read_words) and client.api == "llamacpp"
             if speech.turn_detector == "words" and not read_words:
                 log.info("--turn-detector words needs speculation (--speculate-after-ms) and llama-server's token "
@@ -364,7 +363,7 @@ def build_components(config: Config) -> dict:
                 from .turn_detector import TurnJudge
 
                 turn_model = load_turn_model(config) if smart else None
-                if turn_model is not None:
+                if smart:
                     turn_model.warm_up()
                 turn_judge = TurnJudge(turn_model, tracker, speech.turn_threshold)
             executor = transcriber
