@@ -10,13 +10,15 @@ bench_out/asr_data with pip and apt, like any set-up step; nothing is committed)
 - Debian asterisk-core-sounds-en-wav: a telephone-band (8 kHz) voice; the 40 first prompts of
   three or more words between 1 and 5 s, with the transcripts of asterisk-core-sounds-en.
 
-For each recogniser (tiny.en, the multilingual base forced to English, and base detecting the
-language as --language auto does) it prints word error rate, latency per utterance (p50/p95, with
-the program's default of 2 threads), and, with the hallucination filter of asr.py: real utterances
-kept, non-speech dropped (noise, silence, a tone, breath-like noise) and foreign speech dropped (espeak
-Mandarin, for tiny.en only: the multilingual model is meant to hear it).
+For each recogniser (tiny.en, the multilingual base forced to English, base detecting the language as
+--language auto does, and base forced to Mandarin), each with Whisper's full 30 s window and with the
+program's window (the utterance and 10 s: asr.shorten_window), it prints the word error rate (for
+Mandarin: the character error on the 27 questions of answer_set.py in our Mandarin voice), latency per
+utterance (p50/p95, with the program's default of 2 threads), and, with the hallucination filter of
+asr.py: real utterances kept, non-speech dropped (noise, silence, a tone, breath-like noise) and, in
+English mode, Mandarin speech dropped (espeak and our Mandarin voice).
 
-Usage: .venv/bin/python scripts/bench_asr.py [--threads 2]; writes bench_out/asr/result.json.
+Usage: .venv/bin/python scripts/bench_asr.py [--threads 2] [--only NAME,...]; writes bench_out/asr/result.json.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from benchlib import ROOT  # noqa: E402  (also sets the import paths)
 
 from answer_set import MANDARIN  # noqa: E402
 
-from voice_assistant.asr import HallucinationLimits, WhisperTranscriber, resolve_asr_model  # noqa: E402
+from voice_assistant.asr import (WINDOW_PAD_S, HallucinationLimits, WhisperTranscriber, resolve_asr_model,  # noqa: E402
+                                 simplified)
 from voice_assistant.wavio import resample  # noqa: E402
 
 DATA = ROOT / "bench_out" / "asr_data"
@@ -141,20 +144,20 @@ def non_speech() -> list[Clip]:
     return clips
 
 
-def mandarin_speech(work: Path) -> list[Clip]:
+def mandarin_speech(work: Path) -> tuple[list[Clip], list[Clip]]:
     """The Mandarin questions twice: espeak-ng's cmn-latn-pinyin and the assistant's Mandarin voice."""
     from voice_assistant.mandarin_tts import MandarinSynthesizer
     from voice_assistant.models import default_mandarin_voice
 
     voice = MandarinSynthesizer.load(default_mandarin_voice(), threads=1)
-    clips = []
+    espeak, ours = [], []
     for question in MANDARIN:
         path = work / "zh.wav"
         subprocess.run(["espeak-ng", "-v", "cmn-latn-pinyin", "-s", "160", "-w", str(path), question.text], check=True)
-        clips.append(Clip(f"espeak: {question.text}", load(path), question.text))
-        clips.append(Clip(f"zh-baker: {question.text}", resample(voice.synthesize_all(question.text),
-                                                                voice.sample_rate_hz, 16000), question.text))
-    return clips
+        espeak.append(Clip(f"espeak: {question.text}", load(path), question.text))
+        ours.append(Clip(f"zh-baker: {question.text}", resample(voice.synthesize_all(question.text),
+                                                               voice.sample_rate_hz, 16000), question.text))
+    return espeak, ours
 
 
 def words(text: str) -> list[str]:
@@ -171,17 +174,45 @@ def edit_distance(reference: list[str], hypothesis: list[str]) -> int:
     return row[-1]
 
 
-def measure(name: str, model: str, language: str | None, threads: int, english, silent, foreign) -> dict:
-    transcriber = WhisperTranscriber.load(resolve_asr_model(model, language or "auto"), threads, language=language)
+def characters(text: str) -> list[str]:
+    """Chinese characters and digits: what the character error counts."""
+    return [ch for ch in simplified(text) if "\u4e00" <= ch <= "\u9fff" or ch.isdigit()]
+
+
+@dataclass(frozen=True)
+class Recogniser:
+    name: str
+    model: str  # tiny.en or base
+    language: str | None  # en, zh, or None (detected, as --language auto)
+    window_pad_s: float  # Whisper's window past the utterance (30: the full window)
+
+
+RECOGNISERS = (
+    Recogniser("tiny.en, full 30 s window", "tiny.en", "en", 30.0),
+    Recogniser("tiny.en", "tiny.en", "en", WINDOW_PAD_S),
+    Recogniser("base (en), full 30 s window", "base", "en", 30.0),
+    Recogniser("base (en)", "base", "en", WINDOW_PAD_S),
+    Recogniser("base (auto)", "base", None, WINDOW_PAD_S),
+    Recogniser("base (zh), full 30 s window", "base", "zh", 30.0),
+    Recogniser("base (zh)", "base", "zh", WINDOW_PAD_S),
+)
+
+
+def measure(recogniser: Recogniser, threads: int, english, mandarin, silent, foreign) -> dict:
+    """Word error on the English recordings (character error on the Mandarin voice for zh), latency, filter."""
+    r = recogniser
+    transcriber = WhisperTranscriber.load(resolve_asr_model(r.model, r.language or "auto"), threads,
+                                          language=r.language, window_pad_s=r.window_pad_s)  # fmt: skip
     transcriber.warm_up()
     limits = HallucinationLimits()
     errors = total = kept = 0
     latencies, rows, detected = [], [], []
-    for clip in english:
+    speech, units = (mandarin, characters) if r.language == "zh" else (english, words)
+    for clip in speech:
         start = time.perf_counter()
         transcript = transcriber.transcribe_full(clip.audio)
         latencies.append((time.perf_counter() - start) * 1000.0)
-        reference, heard = words(clip.text), words(transcript.text)
+        reference, heard = units(clip.text), units(transcript.text)
         errors += edit_distance(reference, heard)
         total += len(reference)
         why = transcript.hallucination(limits)
@@ -200,10 +231,12 @@ def measure(name: str, model: str, language: str | None, threads: int, english, 
         return sum(1 for _, text, why, _, _ in outcomes if not text or why != "KEPT"), outcomes
 
     silent_dropped, silent_rows = dropped(silent)
-    foreign_dropped, foreign_rows = dropped(foreign) if language == "en" and model == "tiny.en" else (None, [])
-    return {"recogniser": name, "wer": errors / total, "utterances": len(english),
+    foreign_dropped, foreign_rows = dropped(foreign) if r.language == "en" else (None, [])
+    return {"recogniser": r.name, "model": r.model, "language": r.language, "window_pad_s": r.window_pad_s,
+            "error": errors / total, "unit": "CER, Mandarin voice" if r.language == "zh" else "WER",
+            "utterances": len(speech),
             "latency_p50_ms": float(np.percentile(latencies, 50)), "latency_p95_ms": float(np.percentile(latencies, 95)),
-            "real_kept": kept, "english_detected": detected.count("en"),
+            "real_kept": kept, "english_detected": detected.count("en") if r.language is None else None,
             "non_speech_dropped": silent_dropped, "non_speech": len(silent),
             "foreign_dropped": foreign_dropped, "foreign": len(foreign) if foreign_dropped is not None else None,
             "rows": rows, "non_speech_rows": silent_rows, "foreign_rows": foreign_rows}  # fmt: skip
@@ -212,24 +245,25 @@ def measure(name: str, model: str, language: str | None, threads: int, english, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="", help="comma-separated recogniser names to run (default: all)")
     args = parser.parse_args()
     fetch()
     work = ROOT / "bench_out" / "asr"
     work.mkdir(parents=True, exist_ok=True)
-    english, silent, foreign = english_clips(), non_speech(), mandarin_speech(work)
+    english, silent, (espeak_zh, voice_zh) = english_clips(), non_speech(), mandarin_speech(work)
     print(f"{len(english)} real English utterances ({sum(len(c.audio) for c in english) / 16000:.0f} s), "
-          f"{len(silent)} non-speech clips, {len(foreign)} Mandarin questions")  # fmt: skip
-    results = [measure("tiny.en", "tiny.en", "en", args.threads, english, silent, foreign),
-               measure("base (en)", "base", "en", args.threads, english, silent, foreign),
-               measure("base (auto)", "base", None, args.threads, english, silent, foreign)]  # fmt: skip
+          f"{len(silent)} non-speech clips, {len(voice_zh)} Mandarin questions (espeak and our Mandarin voice)")  # fmt: skip
+    chosen = [r for r in RECOGNISERS if not args.only or r.name in args.only.split(",")]
+    results = [measure(r, args.threads, english, voice_zh, silent, espeak_zh + voice_zh) for r in chosen]
     (work / "result.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    print("| recogniser | WER | latency p50 / p95 ms | real kept | detected as English | non-speech dropped | "
+    print("| recogniser | error | latency p50 / p95 ms | real kept | detected as English | non-speech dropped | "
           "Mandarin dropped (English mode) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for r in results:
         foreign = "-" if r["foreign"] is None else f"{r['foreign_dropped']}/{r['foreign']}"
-        print(f"| {r['recogniser']} | {r['wer']:.1%} | {r['latency_p50_ms']:.0f} / {r['latency_p95_ms']:.0f} | "
-              f"{r['real_kept']}/{r['utterances']} | {r['english_detected']}/{r['utterances']} | "
+        detected = "-" if r["english_detected"] is None else f"{r['english_detected']}/{r['utterances']}"
+        print(f"| {r['recogniser']} | {r['error']:.1%} {r['unit']} | {r['latency_p50_ms']:.0f} / "
+              f"{r['latency_p95_ms']:.0f} | {r['real_kept']}/{r['utterances']} | {detected} | "
               f"{r['non_speech_dropped']}/{r['non_speech']} | {foreign} |")
     print(f"result: {work / 'result.json'}")
     return 0

@@ -16,8 +16,8 @@ the turns that come right after a summary, with the prompt tokens the server had
 (the summary changes the prompt's head; the new prompt is read into the cache in the background).
 
 Then, in the same invocation and on the same question audio, the way most peers do it: the same
-program with speculation off (`--speculate-after-ms 0`), so RealtimeSTT's own end of turn and
-transcription start the reply, which then streams through the LLM and TTS as usual. The ratio of
+program with speculation off (`--speculate-after-ms 0`) and faster-whisper's own 30 s window
+(`--asr-window-pad-s 30`), so RealtimeSTT's own end of turn and transcription start the reply, which then streams through the LLM and TTS as usual. The ratio of
 its p50 to ours is printed ("speed-up over RealtimeSTT's end of turn").
 
 Then a naive sequential pipeline with
@@ -290,10 +290,11 @@ def main() -> int:
         slowest = max((t["v2v_wav_ms"] for t in found if t["v2v_wav_ms"] is not None), default=None)
         result["after_summary"] = {"turns": found, "slowest_v2v_ms": slowest}
     if not args.skip_peer:
-        print("peers' way: RealtimeSTT's end of turn and transcription, then streaming (--speculate-after-ms 0)", flush=True)
+        print("peers' way: RealtimeSTT's end of turn and transcription (30 s window), then streaming", flush=True)
         peer_dir = args.out / "peer"
         peer_dir.mkdir(exist_ok=True)
-        peer_runs = [run_conversation(i, q, peer_dir, [*args.program_flags, "--speculate-after-ms", "0"])
+        peer_flags = [*args.program_flags, "--speculate-after-ms", "0", "--asr-window-pad-s", "30"]
+        peer_runs = [run_conversation(i, q, peer_dir, peer_flags)
                      for i, q in enumerate(sets)]  # fmt: skip
         peer = [v for run in peer_runs for v in run["v2v_wav_ms"]]
         peer_turns = [t for run in peer_runs for t in run["metrics"]["turns"]]

@@ -68,7 +68,7 @@ def test_defaults_match_the_previous_argparse_defaults():
         "tts_model_zh": None,
         # turn-taking (issue 11)
         "turn_detector": "words", "turn_complete_silence_ms": 200, "turn_max_silence_ms": 2000,
-        "turn_threshold": 0.5, "turn_read_words": True, "turn_model": None,
+        "turn_threshold": 0.5, "turn_read_words": True, "turn_model": None, "asr_window_pad_s": 10.0,
     }  # fmt: skip
     assert Config().flat() == expected
     config, actions = parse_command_line([])
@@ -110,6 +110,8 @@ def other_value(spec):
         value = spec.default + 1
     elif spec.kind is float:
         value = spec.default / 2 if spec.max is not None else spec.default - 1.5
+        if spec.min is not None and value < spec.min:
+            value = (spec.default + spec.max) / 2
     else:
         value = "x"
     return [spec.flag, str(value)], value

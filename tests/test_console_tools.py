@@ -215,12 +215,12 @@ def test_sound_check_without_a_default_device_is_an_audio_device_error(monkeypat
 
 
 def test_the_bundled_models_are_found():
-    from voice_assistant.models import default_asr_model_dir, default_llama_server, default_llm_gguf
+    from voice_assistant.models import default_llama_server, default_llm_gguf, resolve_asr_model
 
     items = tools.installed_models()
     by_kind = {item.kind: item for item in items if item.is_default}
     assert by_kind["llm"].path == default_llm_gguf() and by_kind["llm"].size_mb > 50
-    assert by_kind["asr"].path == default_asr_model_dir() and by_kind["asr"].name == "tiny.en"
+    assert by_kind["asr"].path == resolve_asr_model(None) and by_kind["asr"].name == "base"
     assert by_kind["llama-server"].path == default_llama_server()
     assert not any(item.missing for item in items if item.is_default)
     # a bundle that is not assembled says how to install it
@@ -301,7 +301,7 @@ def test_list_models_runs():
     result = run("--list-models")
     assert result.returncode == 0 and result.stderr == ""
     assert "* qwen-1.5b" in result.stdout and "  qwen-0.5b" in result.stdout and "smollm2-135m" in result.stdout
-    assert "* tiny.en" in result.stdout and "  base" in result.stdout and "llama-server" in result.stdout
+    assert "  tiny.en" in result.stdout and "* base" in result.stdout and "llama-server" in result.stdout
 
 
 def test_list_voices_runs():

@@ -317,13 +317,14 @@ def build_components(config: Config) -> dict:
             end_of_speech_silence_s=(speech.turn_max_silence_ms + 300 if smart or words
                                      else speech.end_of_speech_silence_ms) / 1000.0,
             early_transcription_ms=0,
+            window_pad_s=speech.asr_window_pad_s,
         )
         transcriber = scores = None
         if hearing:
             limits = HallucinationLimits(speech.max_no_speech_prob, speech.min_avg_logprob,
                                          speech.max_compression_ratio)  # fmt: skip
             transcriber = WhisperTranscriber.load(asr_config.model, asr_config.threads, asr_config.beam_size,
-                                                  asr_config.language, limits)  # fmt: skip
+                                                  asr_config.language, limits, asr_config.window_pad_s)  # fmt: skip
             scores = transcriber.scores
         transcript = TranscriptFile(Path(config.logging.transcript)) if config.logging.transcript else None
         undo += [transcript.close] if transcript else []

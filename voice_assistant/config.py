@@ -83,9 +83,12 @@ class SpeechConfig:
                                  "language is detected and answered in it, with that language's voice",
                            choices=("en", "zh", "auto"))
     asr_model: str | None = option(None, "bundled recogniser (tiny.en, base) or a CTranslate2 Whisper folder "
-                                         "(default: tiny.en for en, the multilingual base for zh and auto)",
+                                         "(default: the multilingual base)",
                                    metavar="MODEL")
     asr_threads: int = option(2, "CTranslate2 threads for faster-whisper", min=1)
+    asr_window_pad_s: float = option(10.0, "Whisper's encoder reads the utterance and this many seconds after it "
+                                           "(30: Whisper's full 30-second window, 3 times slower)",
+                                     min=6, max=30, metavar="S")
     end_of_speech_silence_ms: int = option(450, "silence after speech that ends the user's turn, in milliseconds",
                                            min=1, metavar="MS")
     turn_detector: str = option("words", "what ends the user's turn: words (silence, but words that cannot end a "

@@ -167,8 +167,8 @@ def installed_models(roots: list[Path] | None = None) -> list[InstalledItem]:
     for path in package_data_files("*.gguf", site_package_dirs() if roots is None else roots):
         if path not in known:
             items.append(InstalledItem("llm", path.name, path, _size_mb(path)))
-    items.append(_bundled("asr", "tiny.en", ASR_PACKAGE, default_asr_model_dir))  # the default for --language en
-    items += [bundle_item(name, False) for name, b in BUNDLES.items() if b.kind == "asr"]
+    items.append(dataclasses.replace(_bundled("asr", "tiny.en", ASR_PACKAGE, default_asr_model_dir), is_default=False))
+    items += [bundle_item(name, True) for name, b in BUNDLES.items() if b.kind == "asr"]  # base: the default
     items.append(_bundled("llama-server", "llama-server", SERVER_PACKAGE, default_llama_server, size=False))
     return items
 

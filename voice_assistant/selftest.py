@@ -53,7 +53,8 @@ def run_self_test(config: Config) -> int:
             raise RuntimeError("no test clip (TTS failed)")
         language = None if config.speech.language == "auto" else config.speech.language
         transcriber = WhisperTranscriber.load(resolve_asr_model(config.speech.asr_model, config.speech.language),
-                                              config.speech.asr_threads, language=language)
+                                              config.speech.asr_threads, language=language,
+                                              window_pad_s=config.speech.asr_window_pad_s)
         transcriber.warm_up()
         start = time.monotonic()
         text = transcriber.transcribe_text(state["speech"])
