@@ -650,7 +650,9 @@ class VoiceConversationSystem:
             self._fail(turn, exc, LLM_ERROR_REPLY)
             return
         if judge_words:  # before the reply: does the user's message end after these words?
-            self.turn_judge.judge_words(self.client, turn.timings.speech_end_t, turn.prompt, turn.user_text)
+            turn.timings.words_probability = self.turn_judge.judge_words(
+                self.client, turn.timings.speech_end_t, turn.prompt, turn.user_text)
+            turn.timings.words_judged_t = time.monotonic()
         self._speak_reply(turn, turn.prompt, continuation=False, build_end_t=time.monotonic())
 
     def _speak_reply(self, turn: Turn, prompt: str, continuation: bool, build_end_t: float = 0.0) -> None:

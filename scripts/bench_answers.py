@@ -45,7 +45,7 @@ RATE_HZ = 16000
 GAP_S = 7.0  # after each question: a short spoken answer fits (longer ones are cut by the next question)
 MAX_TOKENS = 64
 DEFAULT_CANDIDATES = (
-    "smollm2-135m/tiny.en/en", "qwen-0.5b/tiny.en/en", "qwen-1.5b/tiny.en/en", "qwen-0.5b/base/en",
+    "smollm2-135m/tiny.en/en", "qwen-0.5b/tiny.en/en", "qwen-1.5b/tiny.en/en", "qwen-1.5b/base/en", "qwen-0.5b/base/en",
     "qwen-0.5b/base/zh", "qwen-1.5b/base/zh",
 )  # fmt: skip
 
@@ -129,6 +129,8 @@ def run_candidate(name: str, questions: list[Question], work: Path, extra: list[
     piper = voices == "piper" and language != "zh"
     folder = work / (name.replace("/", "_") + ("_piper" if piper else ""))
     folder.mkdir(parents=True, exist_ok=True)
+    for appended in ("metrics.jsonl", "transcript.jsonl"):  # the program appends: an earlier run would be read too
+        (folder / appended).unlink(missing_ok=True)
     in_wav, out_wav = folder / "in.wav", folder / "out.wav"
     spans = build_conversation(questions, in_wav)
     command = [

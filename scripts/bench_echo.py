@@ -67,6 +67,7 @@ def build_input(count: int, work: Path):
 
 def run(name: str, in_wav: Path, work: Path, extra: list[str]) -> dict:
     metrics_path, mic_path = work / f"{name}_metrics.json", work / f"{name}_mic.wav"
+    metrics_path.unlink(missing_ok=True)  # the program appends: a last run's turns would be counted too
     command = [
         sys.executable, str(ROOT / "asr_llm_tts.py"), "--input-wav", str(in_wav), "--output-wav",
         str(work / f"{name}_out.wav"), "--metrics-json", str(metrics_path), "--simulate-echo",

@@ -99,6 +99,7 @@ def run_conversation(index: int, questions: list[str], work: Path, extra: list[s
         parts += [question, gap_s]
     in_wav, spans = conversation(parts, work / f"conv{index}_in.wav")
     out_wav, metrics_path = work / f"conv{index}_out.wav", work / f"conv{index}_metrics.json"
+    metrics_path.unlink(missing_ok=True)  # the program appends: a last run's turns would be counted too
     command = [
         sys.executable, str(ROOT / "asr_llm_tts.py"), "--input-wav", str(in_wav), "--output-wav", str(out_wav),
         "--metrics-json", str(metrics_path), "--max-reply-tokens", str(MAX_TOKENS),

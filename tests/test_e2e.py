@@ -354,3 +354,5 @@ def test_a_pause_in_the_middle_of_a_question_is_not_the_end_of_the_turn(tmp_path
     assert all(key in turn["user"].lower() for key in keys), turn["user"]  # both halves
     assert turn["first_audio_s"] > spans[1][1], (turn["first_audio_s"], spans)  # after the whole question
     assert turn["end_of_turn"] in ("complete", "words", "silence", "cap") and turn["assistant_heard"], turn
+    # the whole question's words were judged as able to end a message, and the metrics say so
+    assert turn["words_ending_probability"] >= 0.0001 and turn["timeline_ms"]["words_judged"] > 0, turn

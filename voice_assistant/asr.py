@@ -219,7 +219,9 @@ class WhisperTranscriber:
     def transcribe_full(self, audio: np.ndarray) -> Transcript:
         """The transcript of float32 16 kHz mono audio, hallucinations included (see transcribe_text)."""
         with self._lock:
+            start = time.monotonic()
             transcript, probabilities = self._decode(audio, self.language)
+            log.debug("transcribed %.2f s of audio in %.0f ms", len(audio) / 16000, (time.monotonic() - start) * 1000)
             if self.language is None and transcript.language not in LANGUAGES:
                 # detected as neither: decode again as the likelier of the two (rare: noise, a third language)
                 likelier = max(LANGUAGES, key=lambda code: probabilities.get(code, 0.0))

@@ -59,11 +59,14 @@ def turn_record(turn, heard: str, interrupted: bool, reason: str, t0: float, his
         "voice_to_voice_ms": ms(end, timing.first_audio_t),
         "speculative": turn.speculative,
         "end_of_turn": timing.end_of_turn or None,
+        "words_ending_probability": (None if timing.words_probability is None
+                                     else round(timing.words_probability, 4)),  # fmt: skip
         "first_audio_s": round(timing.first_audio_t - t0, 3) if timing.first_audio_t else None,
         "history_exchanges": history_exchanges,
         "timeline_ms": {  # each event relative to the end of the user's speech
             "transcript": ms(end, timing.text_t),
             "llm_request": ms(end, timing.llm_start_t),
+            "words_judged": ms(end, timing.words_judged_t),
             "first_token": ms(end, timing.first_token_t),
             "first_sentence": ms(end, timing.first_sentence_t),
             "first_audio_ready": ms(end, timing.first_audio_ready_t),

@@ -54,13 +54,15 @@ class TurnTimings:
     last_block_end_t: float = 0.0  # when the last played block of this turn stops sounding
     endpoint_t: float = 0.0  # a speculative turn was released for playback
     end_of_turn: str = ""  # why the turn ended: "silence", "complete" (heard as finished), "cap" (waited longest)
+    words_probability: float | None = None  # the words' ending probability (turn_detector.judge_words), if judged
+    words_judged_t: float = 0.0  # when that judgement came back (the LLM thread writes both)
 
 
 @dataclass
 class Turn:
     """The turn being answered. Its fields are written under `VoiceConversationSystem._lock`, except:
-    `raw_text`, `prompt`, `llm`, `llm_done`, `retried`, `timings.llm_start_t` and
-    `timings.first_token_t`, which only the LLM thread writes, and `fixed_reply`, written once by
+    `raw_text`, `prompt`, `llm`, `llm_done`, `retried`, `timings.llm_start_t`, `timings.first_token_t`
+    and `timings.words_*`, which only the LLM thread writes, and `fixed_reply`, written once by
     the thread that starts the turn or promotes a speculative one (which is then dropped and the
     text submitted again as a new turn, so the LLM thread never sees it change)."""
 
