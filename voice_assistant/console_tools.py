@@ -147,7 +147,7 @@ def installed_models(roots: list[Path] | None = None) -> list[InstalledItem]:
     Bundles assembled at set-up (bundles.py) are listed by name whether or not they are installed,
     so the list says how to get the ones that are missing.
     """
-    from .bundles import BUNDLES, locate
+    from .bundles import BUNDLES, WHISPER_BASE, locate
     from .models import (DEFAULT_LLM, SMOLLM2_NAME, default_asr_model_dir, default_llama_server,
                          smollm2_gguf)  # fmt: skip
 
@@ -168,7 +168,7 @@ def installed_models(roots: list[Path] | None = None) -> list[InstalledItem]:
         if path not in known:
             items.append(InstalledItem("llm", path.name, path, _size_mb(path)))
     items.append(dataclasses.replace(_bundled("asr", "tiny.en", ASR_PACKAGE, default_asr_model_dir), is_default=False))
-    items += [bundle_item(name, True) for name, b in BUNDLES.items() if b.kind == "asr"]  # base: the default
+    items += [bundle_item(name, name == WHISPER_BASE.name) for name, b in BUNDLES.items() if b.kind == "asr"]
     items.append(_bundled("llama-server", "llama-server", SERVER_PACKAGE, default_llama_server, size=False))
     return items
 
