@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -52,6 +54,28 @@ def test_the_model_encodes_the_shortened_window_and_30_s_leaves_it_alone():
     assert untouched.encode == original
 
 
+class FakeWhisper:
+    """faster-whisper's transcribe(): records the audio it was given, hears nothing."""
+
+    def __init__(self) -> None:
+        self.lengths: list[int] = []
+
+    def transcribe(self, audio, **options):
+        self.lengths.append(len(audio))
+        return [], types.SimpleNamespace(language="en", all_language_probs=None)
+
+
+def test_with_the_short_window_each_utterance_is_followed_by_a_second_of_silence():
+    from voice_assistant.asr import WhisperTranscriber
+
+    model = FakeWhisper()
+    WhisperTranscriber(model, silence_s=1.0).transcribe_full(np.ones(8000, np.float32))
+    assert model.lengths == [8000 + 16000]
+    unchanged = FakeWhisper()
+    WhisperTranscriber(unchanged).transcribe_full(np.ones(8000, np.float32))
+    assert unchanged.lengths == [8000]
+
+
 @pytest.mark.slow
 def test_faster_whisper_encodes_the_shortened_window_and_hears_the_words():
     """The real model: faster-whisper pads each window to 3000 frames and calls encode(), which cuts it."""
@@ -75,3 +99,24 @@ def test_faster_whisper_encodes_the_shortened_window_and_hears_the_words():
     # the encoder got the audio's frames and 10 s of padding, not faster-whisper's 3000 frames
     assert abs(seen[0][-1] - (len(audio) // 160 + 1000)) <= 2 and seen[0][-1] < 3000
 
+
+
+@pytest.mark.slow
+def test_a_short_mandarin_question_cut_64_ms_after_the_voice_is_heard_whole():
+    """With 10 s of zero padding right after the voice, base (zh) stopped before the last characters of
+    short questions ("中国首都" as "中国手", 4 of 81 clips); the second of silence before the padding keeps
+    them whole. The utterance ends as the program's snapshot does, 64 ms after the voice."""
+    from voice_assistant.asr import WhisperTranscriber
+    from voice_assistant.mandarin_tts import MandarinSynthesizer
+    from voice_assistant.models import default_mandarin_voice, resolve_asr_model
+    from voice_assistant.wavio import resample
+
+    voice = MandarinSynthesizer.load(default_mandarin_voice(), threads=1)
+    audio = resample(voice.synthesize_all("中国首都？"), voice.sample_rate_hz, 16000)
+    voiced = np.flatnonzero(np.abs(audio) > 0.01)
+    transcriber = WhisperTranscriber.load(str(resolve_asr_model("base")), 1, language="zh", window_pad_s=10.0)
+    question = audio[voiced[0] : voiced[-1] + 1]
+    heard = [transcriber.transcribe_full(np.concatenate([np.zeros(round(lead * 16000), np.float32), question,
+                                                         np.zeros(1024, np.float32)])).text
+             for lead in (0.1, 0.3, 0.5)]  # fmt: skip
+    assert all("首都" in text for text in heard), heard

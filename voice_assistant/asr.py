@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 FRAMES_PER_S = 100  # Whisper's log-mel frames: a 10 ms hop
 FULL_WINDOW_S = 30.0  # the window Whisper was trained on; faster-whisper pads every utterance to it
 WINDOW_PAD_S = 10.0  # our window: the utterance and this much padding (measured: README, recognisers)
+WINDOW_SILENCE_S = 1.0  # with our window, this much silence follows the utterance before the padding (trim_padding)
 
 
 def resolve_asr_model(name_or_dir: str | None, language: str = "en") -> str:
@@ -142,10 +143,12 @@ def trim_padding(features: np.ndarray, pad_frames: int) -> np.ndarray:
     before the encoder, whose cost grows with the window, not with the speech. A real frame is never
     zero in all 80 bins, so the last non-zero column is the end of the audio. With 10 s of padding
     the encoder takes about a third of the time and the words are as good (measured on real speech:
-    README); with less than about 6 s the decoder starts to loop. Known cost: a few short Mandarin
-    questions lose their last character ("中国首都" heard as "中国手", 4 of 81 clips against 0 with the
-    full window). Padding with the log-mel of silence instead of zeros (as Whisper was trained) kept
-    them whole but made tiny.en loop (35 % word error) and base slower, so zeros stay (README).
+    README); with less than about 6 s the decoder starts to loop. Zeros right after the voice made
+    base (zh) stop before the last characters of a few short questions ("中国首都" heard as "中国手",
+    4 of 81 clips cut 64 ms after the voice, against 0 with the full window): the transcriber puts
+    a second of silence (the log-mel of zero audio, as Whisper was trained) between the utterance
+    and the zeros (WhisperTranscriber, WINDOW_SILENCE_S), which kept all 81 whole. Padding the
+    whole window with that silence instead of zeros made tiny.en loop (35 % word error).
     """
     audio_frames = np.flatnonzero(np.any(features != 0, axis=tuple(range(features.ndim - 1))))
     end = (int(audio_frames[-1]) + 1 if audio_frames.size else 0) + pad_frames
@@ -169,11 +172,14 @@ class WhisperTranscriber:
 
     `language` is "en", "zh", or None: detect each utterance's language and choose between English
     and Mandarin. Transcripts that look invented (HallucinationLimits) come back as "" and are logged.
+    `silence_s`: silence appended to each utterance (with the short window: see trim_padding).
     """
 
     def __init__(self, model, beam_size: int = 1, scores: TranscriptScores | None = None,
-                 language: str | None = "en", limits: HallucinationLimits | None = None) -> None:  # fmt: skip
+                 language: str | None = "en", limits: HallucinationLimits | None = None,
+                 silence_s: float = 0.0) -> None:  # fmt: skip
         self._model = model
+        self._silence = np.zeros(round(silence_s * 16000), dtype=np.float32)  # appended to each utterance
         self._beam_size = beam_size
         self.language = language
         self.limits = limits or HallucinationLimits()
@@ -200,10 +206,13 @@ class WhisperTranscriber:
             raise SetupError(f"ASR model {model!r} understands only English: use --asr-model base for --language "
                              f"{language or 'auto'}")  # fmt: skip
         shorten_window(whisper, window_pad_s)
-        return cls(whisper, beam_size, language=language, limits=limits)
+        silence_s = WINDOW_SILENCE_S if window_pad_s < FULL_WINDOW_S else 0.0
+        return cls(whisper, beam_size, language=language, limits=limits, silence_s=silence_s)
 
     def _decode(self, audio: np.ndarray, language: str | None) -> tuple[Transcript, dict[str, float]]:
         """The transcript, and when `language` is None the detected language probabilities."""
+        if self._silence.size:
+            audio = np.concatenate([np.asarray(audio, dtype=np.float32), self._silence])
         segments, info = self._model.transcribe(
             audio, language=language, beam_size=self._beam_size, vad_filter=False,
             condition_on_previous_text=False, without_timestamps=True,
