@@ -18,7 +18,8 @@ the turns that come right after a summary, with the prompt tokens the server had
 Then, in the same invocation and on the same question audio, the way most peers do it: the same
 program with speculation off (`--speculate-after-ms 0`) and faster-whisper's own 30 s window
 (`--asr-window-pad-s 30`), so RealtimeSTT's own end of turn and transcription start the reply,
-which then streams through the LLM and TTS as usual. The ratio of its p50 to ours is printed ("speed-up over RealtimeSTT's end of turn").
+which then streams through the LLM and TTS as usual. The ratio of its p50 to ours is printed
+("speed-up over RealtimeSTT's end of turn").
 
 Then a naive sequential pipeline with
 the same models and thread budgets: wait for the same end-of-speech silence, transcribe the whole

@@ -100,7 +100,6 @@ def test_faster_whisper_encodes_the_shortened_window_and_hears_the_words():
     assert abs(seen[0][-1] - (len(audio) // 160 + 1000)) <= 2 and seen[0][-1] < 3000
 
 
-
 @pytest.mark.slow
 def test_a_short_mandarin_question_cut_64_ms_after_the_voice_is_heard_whole():
     """With 10 s of zero padding right after the voice, base (zh) stopped before the last characters of
