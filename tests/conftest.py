@@ -108,7 +108,8 @@ class Harness:
             chain = MicrophoneChain(FakeVAD(), tracker, self.config.speech.vad_threshold, canceller=canceller)
             if transcripts is not None:
                 self.transcriber = FakeTranscriber(*transcripts)
-                speculation = SpeculativeTranscriber(self.transcriber, TranscriptCache(lambda: tracker.last_speech_end_t))
+                cache = TranscriptCache(lambda: tracker.last_speech_end_t, lambda: tracker.last_utterance_end_t)
+                speculation = SpeculativeTranscriber(self.transcriber, cache)
         self.supervisor = None
         if supervisor is not None:
             self.supervisor = LLMSupervisor(self.client, supervisor.pop("server", None), poll_s=0.05, **supervisor)

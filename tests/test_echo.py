@@ -439,3 +439,44 @@ def test_the_chain_tells_what_the_canceller_let_through_from_what_it_took_for_ec
     # converges, and for 100 ms after the double talk), 53 to 79 % of the voice
     assert passed[echo_only].mean() <= 0.12
     assert passed[voice].mean() >= 0.45
+
+
+def test_the_echo_of_a_cue_is_our_own_sound_not_a_voice():
+    """Cues are not in the canceller's reference, so their echo comes through it whole. The chain knows from the
+    played blocks (what played differs from the reference) when a cue is heard back: those chunks are not let
+    through (no hold of the reply, no barge-in) and start no speech; within the user's utterance they stay
+    speech (no gap is cut into it); after the cue, a voice is a voice again."""
+    from fakes import FakeCanceller, FakeVAD
+
+    from voice_assistant.endpointing import CHUNK_S, SpeechLong, SpeechStart, UtteranceTracker
+    from voice_assistant.mic import CUE_ECHO_TAIL_S, MicrophoneChain
+
+    chain = MicrophoneChain(FakeVAD(), UtteranceTracker(), canceller=FakeCanceller(loss_db=0.0))
+    loud, quiet = np.full(512, 0.5, dtype=np.float32), np.zeros(512, dtype=np.float32)
+    block, rate = 1024, 22050  # the sink's blocks, at Piper's rate
+    reply = np.zeros(block, dtype=np.float32)
+    chain.on_played(reply, rate, 100.0, reply.copy())  # no cue: nothing noted
+    assert not chain._cue_echo_heard(100.05)
+    cue = reply.copy()
+    cue[:200] = 0.05
+    chain.on_played(cue, rate, 100.0, reply)  # a cue in the block played at 100.0 s
+    chain.on_played(reply, rate, 100.0 + block / rate, reply)
+    echo_end_t = 100.0 + block / rate + CUE_ECHO_TAIL_S
+    t, events = 100.0, []
+    while t < echo_end_t:  # the cue heard back, loud
+        t += CHUNK_S
+        events += chain.process(loud, t)
+        assert chain.passed is False and not chain.maybe_voice
+    assert events == [] and not chain.tracker.in_utterance
+    t += CHUNK_S
+    assert any(isinstance(e, SpeechStart) for e in chain.process(loud, t)) and chain.passed  # a voice after it
+    # the user speaking when a cue (the "heard" one) plays: the utterance goes on through its echo
+    chain.on_played(cue, rate, t, reply)
+    for _ in range(10):
+        t += CHUNK_S
+        assert all(isinstance(e, SpeechLong) for e in chain.process(loud, t))  # no pause, no end of turn
+        assert chain.tracker.last_speech_end_t == t
+    for _ in range(20):
+        t += CHUNK_S
+        chain.process(quiet, t)
+    assert not chain._cue_echo_heard(t)

@@ -41,6 +41,20 @@ def test_cough_is_not_long_and_not_transcribed():
     assert kinds(events) == [(0, "SpeechStart"), (17, "Endpoint")]
 
 
+def test_a_sound_too_short_to_be_an_utterance_leaves_the_last_utterance_where_it_was():
+    """`last_utterance_end_t` (what the transcript cache answers RealtimeSTT for) ends with speech long
+    enough to be transcribed; a cue or a cough after the turn moves `last_speech_end_t` only."""
+    tracker = UtteranceTracker(min_utterance_ms=250, end_of_speech_ms=450)
+    run(tracker, "s" * 10 + "." * 16, t0=100.0)  # a question, and its end of turn
+    question_end = tracker.last_speech_end_t
+    assert tracker.last_utterance_end_t == pytest.approx(question_end) == pytest.approx(100.0 + 10 * CHUNK_S)
+    run(tracker, "sss" + "." * 16, t0=tracker.last_speech_end_t + 16 * CHUNK_S)  # 96 ms of sound after it
+    assert tracker.last_speech_end_t > question_end + 0.5
+    assert tracker.last_utterance_end_t == pytest.approx(question_end)
+    run(tracker, "s" * 9 + "." * 16, t0=tracker.last_speech_end_t + 16 * CHUNK_S)  # 288 ms: an utterance
+    assert tracker.last_utterance_end_t == pytest.approx(tracker.last_speech_end_t)
+
+
 def test_short_pause_resumes_the_same_utterance_with_a_new_snapshot():
     tracker = UtteranceTracker(speculate_after_ms=96, end_of_speech_ms=450)
     events = run(tracker, "s" * 10 + "." * 5 + "s" * 10 + "." * 15)

@@ -536,6 +536,39 @@ def test_speculative_answer_is_held_until_the_end_of_turn(server):
         h.close()
 
 
+def test_a_recording_that_ran_on_over_a_short_sound_is_not_answered_twice(server):
+    """RealtimeSTT closes its recordings later than our end of turn: one that began during the question and
+    ran on over a short sound after the reply started (the "thinking" cue, our echo's residue as a reply
+    begins) is answered from the cache and swallowed, not asked again (live: "Mars is a" cut and said
+    again). A recording that began after the question is not (its sound is new)."""
+    h = Harness(server.url, transcripts=("tell me about mars",), speculate_after_ms=96)
+    try:
+        server.script(Reply(pieces=["Mars is a rocky planet."]))
+        t = h.speak(15, 500.0)
+        question_end = t
+        t = h.pause(4, t)
+        wait_until(lambda: h.system.active_turn() is not None)
+        turn = h.system.active_turn()
+        t = h.pause(12, t)  # the endpoint: the speculative answer is confirmed
+        assert not turn.tentative
+        t = h.speak(3, t)  # 96 ms of sound after the turn: too short to be an utterance
+        t = h.pause(16, t)
+        cache = h.system.speculation.cache
+        assert cache.lookup(wait_s=0.0, recording_start_t=question_end + 0.3) is None  # began after it
+        assert cache.lookup(wait_s=0.0, recording_start_t=question_end - 0.2) == "tell me about mars"
+        h.system.on_final_text("tell me about mars", t, t)  # that final: the same question heard again
+        h.play_reply(turn.turn_id)
+        h.wait_idle()
+        assert len(server.completion_bodies) == 1
+        assert [e.user for e in h.system.history.exchanges()] == ["tell me about mars"]
+        assert h.system.history.exchanges()[-1].assistant == "Mars is a rocky planet."
+        t = h.speak(10, t + 1.0)  # 320 ms: an utterance after the question, so the question's text is old
+        h.pause(2, t)
+        assert cache.lookup(wait_s=0.0, recording_start_t=question_end - 0.2) is None
+    finally:
+        h.close()
+
+
 def test_speaking_again_drops_the_speculative_answer(server):
     h = Harness(server.url, transcripts=("turn on", "turn on the lights in the kitchen"), speculate_after_ms=96)
     try:

@@ -265,18 +265,20 @@ class WhisperTranscriber:
 class CachingExecutor:
     """RealtimeSTT's final transcription, answered from the speculative one when it covers the same speech.
 
-    `lookup()` returns the text already transcribed for the utterance RealtimeSTT has just closed,
-    or None; only then does the model run again.
+    `lookup(recording_start_t=)` returns the text already transcribed for the utterance RealtimeSTT has
+    just closed, or None; only then does the model run again. `recording_start`, once the recognizer
+    exists: when that recording began (see `TranscriptCache`).
     """
 
-    def __init__(self, transcriber: WhisperTranscriber, lookup: Callable[[], str | None]) -> None:
+    def __init__(self, transcriber: WhisperTranscriber, lookup: Callable[..., str | None]) -> None:
         self._transcriber = transcriber
         self._lookup = lookup
+        self.recording_start: Callable[[], float] = lambda: 0.0
 
     def transcribe(self, audio, language=None, use_prompt=True, **options):
         from RealtimeSTT.transcription_engines.base import TranscriptionResult
 
-        cached = self._lookup()
+        cached = self._lookup(recording_start_t=self.recording_start())
         if cached is not None:
             return TranscriptionResult(text=cached)
         return self._transcriber.transcribe(audio, language=language, use_prompt=use_prompt, **options)
@@ -303,6 +305,8 @@ class SpeechRecognizer:
         self._recording = False  # RealtimeSTT is recording an utterance; guarded by _lock
         self._transcribing_since = 0.0  # it closed one and is transcribing it; guarded by _lock
         self._utterance_end_t = 0.0  # end of speech of the utterance being transcribed; guarded by _lock
+        self._recording_start_t = 0.0  # when the open (or last) recording began; guarded by _lock
+        self._closed_start_t = 0.0  # ... the recording being transcribed; guarded by _lock
         self._audio: np.ndarray | None = None  # that utterance's audio; guarded by _lock
 
     @classmethod
@@ -341,10 +345,12 @@ class SpeechRecognizer:
     def _on_recording_start(self) -> None:
         with self._lock:
             self._recording = True
+            self._recording_start_t = time.monotonic()
 
     def _on_recording_stop(self) -> None:
         with self._lock:
             self._recording = False
+            self._closed_start_t = self._recording_start_t
             self._transcribing_since = time.monotonic()
             self._utterance_end_t = self.utterance_end() or time.monotonic()
 
@@ -353,6 +359,11 @@ class SpeechRecognizer:
         with self._lock:
             self._audio = None if audio is None else np.asarray(audio, dtype=np.float32)
         return False  # False: RealtimeSTT goes on to transcribe
+
+    def closed_recording_start_t(self) -> float:
+        """When the recording RealtimeSTT closed last (the one it transcribes) began; 0 before any."""
+        with self._lock:
+            return self._closed_start_t
 
     def busy(self) -> bool:
         """An utterance is being recorded or transcribed (a transcription stuck 10 s does not count)."""

@@ -369,10 +369,12 @@ def build_components(config: Config) -> dict:
                 turn_judge = TurnJudge(turn_model, tracker, speech.turn_threshold)
             executor = transcriber
             if speech.speculate_after_ms > 0:
-                cache = TranscriptCache(lambda: tracker.last_speech_end_t)
+                cache = TranscriptCache(lambda: tracker.last_speech_end_t, lambda: tracker.last_utterance_end_t)
                 speculation = SpeculativeTranscriber(transcriber, cache)
                 executor = CachingExecutor(transcriber, cache.lookup)
             recognizer = SpeechRecognizer.create(asr_config, executor, lambda: tracker.last_speech_end_t)
+            if isinstance(executor, CachingExecutor):
+                executor.recording_start = recognizer.closed_recording_start_t
             undo.append(lambda: recognizer.shutdown(timeout_s=10.0))
             mic = build_mic_chain(config, file_mode, tracker, recognizer)
         devices = monitored(output=sink, input=source)

@@ -99,6 +99,9 @@ class UtteranceTracker:
         self.preroll_s = preroll_ms / 1000.0
         self._ring: collections.deque = collections.deque(maxlen=int((max_utterance_s + self.preroll_s) / CHUNK_S))
         self.last_speech_end_t = 0.0
+        self.last_utterance_end_t = 0.0
+        """The end of the newest speech in an utterance long enough to be transcribed (`min_utterance_ms`):
+        speech after it that is shorter (a cough, a cue, the residue of our own echo) does not move it."""
         self._run_start_t = 0.0  # 0 when not in a speech run
         self._long_sent = False  # SpeechLong was sent for the current run
         self.longest_run_s = 0.0  # the longest speech run of the open (or last) utterance
@@ -174,6 +177,8 @@ class UtteranceTracker:
                     self.longest_run_s = 0.0
             self._utterance_speech_s += CHUNK_S
             self.last_speech_end_t = end_t
+            if self._utterance_speech_s >= self.min_utterance_s - 1e-9:
+                self.last_utterance_end_t = end_t
             self.longest_run_s = max(self.longest_run_s, end_t - self._run_start_t)
             if not self._long_sent and end_t - self._run_start_t >= self.min_speech_s - 1e-9:
                 self._long_sent = True

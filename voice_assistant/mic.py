@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio_io import INPUT_RATE_HZ
+from .audio_io import INPUT_CHUNK_SAMPLES, INPUT_RATE_HZ
 from .endpointing import UtteranceTracker
 from .files import StreamingWav
 
@@ -27,6 +27,9 @@ PASSED_MAX_LOSS_DB = 20.0
 """A chunk the echo canceller left within this many dB of the microphone was let through as the room's
 own sound (a voice, a cough), not taken for the assistant's echo. Measured live through PulseAudio at 0 dB:
 the first speech chunks of 29 interruptions lost 0 to 15 dB; the assistant's echo loses 25 to 70 dB."""
+CUE_ECHO_TAIL_S = 0.25
+"""A cue is heard back from its first block's play time (the devices' clock) until this long after its last
+block: the room's path and tail, and what the devices' reported latencies leave out."""
 PASSED_FLOOR_DBFS = -55.0
 """Quieter than this after cancellation, a chunk is no voice to stop for, whatever it lost (the quiet
 parts of the echo lose only 15 dB or so; live, the user's first words came through at -35 to -22 dBFS)."""
@@ -87,6 +90,7 @@ class MicrophoneChain:
         """Set by the orchestrator (audio-in thread) while what is heard cannot be told from the assistant's
         echo: VAD, utterances and ASR then get silence; the canceller still learns, the recording keeps all."""
         self._raw_tail: np.ndarray | None = None  # the microphone samples the canceller's output still lags
+        self._cue_echo: tuple[float, float] = (0.0, 0.0)  # when the last cue is heard back; set by the playback thread
         self._barge_in_paused = False  # audio-in thread only
 
     def process(self, chunk: np.ndarray, end_t: float) -> list:
@@ -97,8 +101,9 @@ class MicrophoneChain:
         if self.canceller is not None:
             chunk = self.canceller.process(chunk)
         self.level_dbfs = mean_power_dbfs(chunk)  # for the console's meter, and the canceller's verdict
+        cue = self._cue_echo_heard(end_t)
         if self.canceller is not None:
-            self.passed = self._passed(raw, len(chunk), self.level_dbfs)
+            self.passed = self._passed(raw, len(chunk), self.level_dbfs) and not cue
         if self.recording is not None:
             self.recording.add(raw, chunk)
         if self.deaf:
@@ -108,6 +113,8 @@ class MicrophoneChain:
             probability = self.vad.probability(chunk)
             is_speech = probability >= self.vad_threshold
             maybe = probability >= self.vad_threshold - 0.15  # Silero's usual onset hysteresis
+            if cue and not self.tracker.in_utterance:
+                is_speech = maybe = False  # our own cue, not a voice starting (within one, the user's voice goes on)
             if self.passed is not None and not self.tracker.in_utterance:
                 self.voice_passed = False  # a new utterance may begin
             events = self.tracker.push(chunk, is_speech, end_t, maybe)
@@ -137,9 +144,26 @@ class MicrophoneChain:
                 self.recognizer.feed(piece)
         self.recognizer.feed(pcm)
 
+    def _cue_echo_heard(self, end_t: float) -> bool:
+        """Audio-in thread: the chunk captured until `end_t` may hold the echo of a cue.
+
+        Cues are not in the canceller's reference (see cues.py), so their echo comes through it whole (live
+        through PulseAudio, -29 dBFS with 0 dB lost). Taken for a voice, the "thinking" cue held the reply
+        that followed it for about 0.9 s (4 turns in 20, in each of two runs) and kept RealtimeSTT's
+        recording open (see speculation.TranscriptCache). It is our own sound: not let through (`passed`),
+        and no speech unless the user is already speaking."""
+        start_t, end_of_echo_t = self._cue_echo
+        return start_t < end_t and end_t - INPUT_CHUNK_SAMPLES / INPUT_RATE_HZ < end_of_echo_t
+
     def on_played(self, samples: np.ndarray, rate_hz: int, play_t: float, reference: np.ndarray | None = None) -> None:
         """Playback thread: exactly what was played (silence too) is what the room echoes; the echo
-        canceller's reference is `reference` when given (the reply without the cues: see cues.py)."""
+        canceller's reference is `reference` when given (the reply without the cues: see cues.py).
+        A block that differs from its reference holds a cue: when its echo is heard is noted."""
+        if reference is not None and reference is not samples and not np.array_equal(samples, reference):
+            start_t, end_of_echo_t = self._cue_echo
+            if play_t > end_of_echo_t:
+                start_t = play_t  # a new cue
+            self._cue_echo = (start_t, play_t + len(samples) / rate_hz + CUE_ECHO_TAIL_S)
         if self.room is not None:
             self.room.feed_played(samples, rate_hz, play_t)
         if self.canceller is not None:

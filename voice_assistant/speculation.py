@@ -17,10 +17,22 @@ from .workers import QueueWorker
 
 
 class TranscriptCache:
-    """The text of the latest utterance, identified by its `speech_end_t`. Thread-safe."""
+    """The text of the latest utterance, identified by its `speech_end_t`. Thread-safe.
 
-    def __init__(self, latest: Callable[[], float]) -> None:
-        self.latest = latest  # speech_end_t of the newest utterance (the utterance tracker's)
+    RealtimeSTT's own voice detector closes its recordings later than the utterance tracker ends a turn
+    (its silence runs on from the last sound it took for speech), so a recording can run on past an
+    utterance we already transcribed and answered, over a sound too short to be an utterance: the
+    "thinking" cue, a cough, the residue of our own echo as a reply begins. Measured live through
+    PulseAudio (a speaker heard at 0 dB), such a recording's final transcript missed this cache (the
+    short sound was newer) and was answered a second time: the reply cut after "Mars is a" and said
+    again, 1 turn in 20 in each of two runs, and 1.5 to 3 s of Whisper on the two cores. So a recording
+    that began before the transcribed utterance ended, with no utterance after it, is answered from
+    here (`lookup(recording_start_t=...)`).
+    """
+
+    def __init__(self, latest: Callable[[], float], latest_utterance: Callable[[], float] | None = None) -> None:
+        self.latest = latest  # speech_end_t of the newest speech (the utterance tracker's)
+        self.latest_utterance = latest_utterance or latest  # ... of the newest utterance long enough to transcribe
         self._cond = threading.Condition()
         self._text: tuple[float, str] | None = None  # guarded by _cond
         self._inflight_for = 0.0  # utterance being transcribed now; guarded by _cond
@@ -47,8 +59,12 @@ class TranscriptCache:
             self._text = (speech_end_t, text)
             return True
 
-    def lookup(self, wait_s: float = 2.0) -> str | None:
-        """RealtimeSTT thread: the latest utterance's text, waiting for a transcription still running."""
+    def lookup(self, wait_s: float = 2.0, recording_start_t: float = 0.0) -> str | None:
+        """RealtimeSTT thread: the latest utterance's text, waiting for a transcription still running.
+
+        `recording_start_t`: when RealtimeSTT began the recording it closed (0: unknown). A recording
+        that began before the cached utterance ended covers it; if nothing long enough to be an
+        utterance was heard after it, the cached text stands for the recording (see the class)."""
         deadline = time.monotonic() + wait_s
         with self._cond:
             while self._inflight_for and self._inflight_for == self.latest() and not self._closed:
@@ -56,7 +72,11 @@ class TranscriptCache:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            if self._text is None or self._text[0] != self.latest():
+            if self._text is None:
+                return None
+            end_t = self._text[0]
+            covered = 0.0 < recording_start_t < end_t and end_t == self.latest_utterance()
+            if end_t != self.latest() and not covered:
                 return None
             self._served = True
             return self._text[1]
