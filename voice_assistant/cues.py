@@ -8,8 +8,9 @@ the canceller has had 1.5 s of the assistant's voice (`MicrophoneChain.echo_sett
 reference made AEC3 learn a wrong echo path (a sine correlates with itself every period), and the
 first words of the next reply leaked through and cut it off as a barge-in (file mode,
 --simulate-echo, 2 runs of 2; none without cues). To the canceller an unreferenced cue is a short
-near-end sound: too short to interrupt (200 ms) or to be an utterance (250 ms). Sweeps rather
-than sines all the same.
+near-end sound, which it lets through whole; the microphone chain knows when a cue is heard back
+and takes it for our own sound (`MicrophoneChain._cue_echo_heard`). Sweeps rather than sines all
+the same.
 """
 
 from __future__ import annotations
