@@ -395,7 +395,8 @@ class VoiceConversationSystem:
             self.turn_judge.no_words(speech_end_t)
 
     def _on_endpoint(self, event: Endpoint) -> None:
-        """Audio-in thread: the user's turn is over; play the speculative answer if it is ready."""
+        """Audio-in thread (or the tts thread, when a turn held open for its answer ends as the answer is
+        ready): the user's turn is over; play the speculative answer if it is ready. Idempotent."""
         with self._lock:
             self._endpoint_for, self._endpoint_how = event.speech_end_t, event.how
             turn = self._active
@@ -496,6 +497,8 @@ class VoiceConversationSystem:
                 turn.timings.end_of_turn = self._endpoint_how  # the turn ended before its words were transcribed
             if turn.tentative:
                 self.speech.hold(turn.turn_id)
+                if self.mic is not None:  # the turn stays open until this answer can play (endpointing.py)
+                    self.mic.tracker.set_answer(turn.timings.speech_end_t, ready=False)
             else:
                 self._resumable = None
             self._active = turn
@@ -719,11 +722,20 @@ class VoiceConversationSystem:
     # ------------------------------------------------------------------ playback and control
 
     def _on_audio_ready(self, turn_id: int, ready_t: float) -> None:
-        """tts thread: a chunk of `turn_id` is synthesized."""
+        """tts thread: a chunk of `turn_id` is synthesized. The first of a turn held open for it
+        (endpointing.py, `open_until_answer`) ends that turn now if its silence already has."""
         with self._lock:
             turn = self._active
-            if turn is not None and turn.turn_id == turn_id and not turn.timings.first_audio_ready_t:
-                turn.timings.first_audio_ready_t = ready_t
+            if turn is None or turn.turn_id != turn_id or turn.timings.first_audio_ready_t:
+                return
+            turn.timings.first_audio_ready_t = ready_t
+            held_open = turn.tentative and self.mic is not None
+        if held_open:
+            tracker = self.mic.tracker
+            tracker.set_answer(turn.timings.speech_end_t, ready=True)
+            due = tracker.due
+            if due is not None and due.speech_end_t == turn.timings.speech_end_t:
+                self._on_endpoint(due)  # the audio-in thread sends the same Endpoint at its next chunk: a no-op then
 
     def _on_played_samples(self, samples, play_t: float, reference=None) -> None:
         """Playback thread: exactly what was played feeds the room; the reply alone, the echo canceller."""

@@ -69,6 +69,7 @@ def test_defaults_match_the_previous_argparse_defaults():
         # turn-taking (issue 11)
         "turn_detector": "words", "turn_complete_silence_ms": 200, "turn_max_silence_ms": 2000,
         "turn_threshold": 0.5, "turn_read_words": True, "turn_model": None, "asr_window_pad_s": 10.0,
+        "turn_open_until_answer": True,
     }  # fmt: skip
     assert Config().flat() == expected
     config, actions = parse_command_line([])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -81,6 +83,54 @@ def test_short_runs_do_not_add_up_to_an_interruption_but_the_longest_run_is_know
     events = run(tracker, "ss" + "...." + "sss" + "...." + "ss" + "...." + "ssss" + "....")
     assert not [e for _, e in events if isinstance(e, SpeechLong)]
     assert tracker.in_utterance and tracker.longest_run_s == pytest.approx(4 * CHUNK_S)
+
+
+def test_a_turn_stays_open_until_its_answer_is_ready_and_a_pause_inside_goes_on_with_it():
+    """open_until_answer: past its silence the utterance waits for its answer (`due` says it could end);
+    speech before the answer is ready goes on with the same utterance; the first chunk after the answer is
+    ready ends it; without an answer the cap ends it."""
+    tracker = UtteranceTracker(speculate_after_ms=96, end_of_speech_ms=450, max_silence_ms=2000,
+                               open_until_answer=True)  # fmt: skip
+    events = run(tracker, "s" * 10 + "...")  # the question, then the snapshot's pause
+    question_end = tracker.last_speech_end_t
+    tracker.set_answer(question_end, ready=False)  # a speculative answer is being prepared
+    t = question_end + 3 * CHUNK_S
+    events = []
+    for _ in range(20):  # 640 ms of silence: past the 450 ms rule
+        t += CHUNK_S
+        events += tracker.push(SILENCE, False, t)
+    assert not any(isinstance(e, Endpoint) for e in events) and tracker.in_utterance
+    assert tracker.due is not None and tracker.due.speech_end_t == question_end
+    for _ in range(8):  # the user goes on: the same utterance
+        t += CHUNK_S
+        events += tracker.push(SPEECH, True, t)
+    assert tracker.due is None and tracker.in_utterance
+    events = []
+    for _ in range(4):
+        t += CHUNK_S
+        events += tracker.push(SILENCE, False, t)
+    snapshot = [e for e in events if isinstance(e, PauseSnapshot)][0]
+    assert snapshot.speech_s == pytest.approx(18 * CHUNK_S)  # both halves, one utterance
+    tracker.set_answer(snapshot.speech_end_t, ready=False)
+    for _ in range(14):  # 18 chunks of silence in all: the rule is met, the answer is not ready
+        t += CHUNK_S
+        assert tracker.push(SILENCE, False, t) == []
+    tracker.set_answer(snapshot.speech_end_t, ready=True)
+    t += CHUNK_S
+    assert [type(e) for e in tracker.push(SILENCE, False, t)] == [Endpoint]
+    assert not tracker.in_utterance and tracker.due is None
+
+    events = run(tracker, "s" * 10 + "...", t0=t + 1.0)  # an answer that never comes: the cap ends the turn
+    tracker.set_answer(tracker.last_speech_end_t, ready=False)
+    ends = [i for i, e in run(tracker, "." * 70, t0=tracker.last_speech_end_t + 3 * CHUNK_S) if isinstance(e, Endpoint)]
+    assert ends == [math.ceil(2.0 / CHUNK_S) - 4]  # 2 s after the voice stopped
+
+
+def test_without_an_answer_in_preparation_the_silence_ends_the_turn_as_before():
+    tracker = UtteranceTracker(end_of_speech_ms=450, open_until_answer=True)
+    tracker.set_answer(50.0, ready=False)  # an older utterance's answer
+    events = run(tracker, "s" * 10 + "." * 15)
+    assert [i for i, e in events if isinstance(e, Endpoint)] == [24]
 
 
 def test_speculation_off():

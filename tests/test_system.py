@@ -549,6 +549,7 @@ def test_a_recording_that_ran_on_over_a_short_sound_is_not_answered_twice(server
         t = h.pause(4, t)
         wait_until(lambda: h.system.active_turn() is not None)
         turn = h.system.active_turn()
+        wait_until(lambda: h.system.speech.held_blocks(turn.turn_id) > 0)  # the answer is ready to play
         t = h.pause(12, t)  # the endpoint: the speculative answer is confirmed
         assert not turn.tentative
         t = h.speak(3, t)  # 96 ms of sound after the turn: too short to be an utterance
@@ -586,10 +587,69 @@ def test_speaking_again_drops_the_speculative_answer(server):
         wait_until(lambda: h.system.active_turn() is not None and h.system.active_turn().user_text.endswith("kitchen"))
         second = h.system.active_turn()
         h.play_reply(second.turn_id)
+        h.pause(1, t)  # the microphone goes on: its next chunk closes the turn held open for its answer
         h.wait_idle()
         assert {b.turn_id for b in h.sink.played} == {second.turn_id}
         assert [e.user for e in h.system.history.exchanges()] == ["turn on the lights in the kitchen"]
         assert h.transcriber.audio_seconds[1] > h.transcriber.audio_seconds[0]
+    finally:
+        h.close()
+
+
+def test_a_thinking_pause_before_the_answer_is_ready_goes_on_with_the_same_turn(server):
+    """The silence rule (450 ms) passes while the speculative answer is still being written: the turn stays
+    open, so the user who goes on after 640 ms is heard as one question, answered once; the answer to
+    the first half is dropped unheard."""
+    h = Harness(server.url, transcripts=("how far away is", "how far away is the moon"), speculate_after_ms=96)
+    try:
+        gate = threading.Event()
+        server.script(Reply(pieces=["Far. ", "Very far."], gates={0: gate}), Reply(pieces=["About 384,000 km."]))
+        t = h.speak(10, 700.0)
+        t = h.pause(4, t)
+        assert server.wait_until_blocked(gate)
+        first = h.system.active_turn()
+        t = h.pause(16, t)  # 640 ms of silence in all: past the rule, the answer not ready
+        assert first.tentative and h.system.active_turn() is first
+        t = h.speak(8, t)  # "... the moon"
+        assert h.system.active_turn() is None and server.wait_for_hangup()
+        gate.set()
+        t = h.pause(4, t)
+        wait_until(lambda: h.system.active_turn() is not None and h.system.active_turn().user_text.endswith("moon"))
+        second = h.system.active_turn()
+        t = h.pause(16, t)
+        h.play_reply(second.turn_id)
+        h.pause(1, t)  # the microphone goes on: its next chunk closes the turn held open for its answer
+        h.wait_idle()
+        assert {b.turn_id for b in h.sink.played} == {second.turn_id}
+        assert [(e.user, e.assistant) for e in h.system.history.exchanges()] == [("how far away is the moon",
+                                                                                "About 384,000 km.")]
+        assert not second.tentative
+    finally:
+        h.close()
+
+
+def test_a_turn_held_open_ends_the_moment_its_answer_is_ready(server):
+    """Past the silence rule, the first synthesized chunk of the held answer ends the turn at once (from the
+    tts thread), not at the next microphone chunk: nothing waits on the turn's end."""
+    h = Harness(server.url, transcripts=("what time is it",), speculate_after_ms=96)
+    try:
+        gate = threading.Event()
+        server.script(Reply(pieces=["It is noon."], gates={0: gate}))
+        t = h.speak(15, 500.0)
+        t = h.pause(4, t)
+        assert server.wait_until_blocked(gate)
+        turn = h.system.active_turn()
+        t = h.pause(16, t)  # the rule is met; then no more microphone chunks
+        assert turn.tentative
+        gate.set()
+        wait_until(lambda: not turn.tentative)
+        assert turn.timings.endpoint_t >= turn.timings.first_audio_ready_t > 0
+        assert h.system.mic.tracker.in_utterance  # closed by the next chunk's (same) Endpoint
+        h.pause(1, t)
+        assert not h.system.mic.tracker.in_utterance
+        h.play_reply(turn.turn_id)
+        h.wait_idle()
+        assert h.system.history.exchanges()[-1].assistant == "It is noon."
     finally:
         h.close()
 

@@ -232,6 +232,7 @@ def build_tracker(config: Config, semantic: bool = False, read_words: bool = Fal
         complete_silence_ms=config.speech.turn_complete_silence_ms,
         max_silence_ms=config.speech.turn_max_silence_ms,
         read_words=read_words,
+        open_until_answer=config.speech.turn_open_until_answer,
     )
 
 

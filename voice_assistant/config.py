@@ -100,6 +100,9 @@ class SpeechConfig:
                                                 "milliseconds", min=1, metavar="MS")
     turn_max_silence_ms: int = option(2000, "smart, words: the longest silence that a turn heard as unfinished waits for "
                                             "more, in milliseconds", min=1, metavar="MS")
+    turn_open_until_answer: bool = option(True, "a turn heard as over stays open until its speculative answer is "
+                                                "ready to play (at most --turn-max-silence-ms of silence): speech "
+                                                "before then goes on with the same turn, as after a thinking pause")
     turn_threshold: float = option(0.5, "smart: probability of a finished turn above which it is finished",
                                    min=0, max=1, metavar="P")
     turn_read_words: bool = option(True, "smart: also ask the language model whether the words so far can end a "

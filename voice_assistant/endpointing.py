@@ -21,6 +21,15 @@ heard as finished waits for them (they come about 0.4 s after the voice stops, b
 ready to play). A verdict of None (no words, or no judgement possible) leaves the sound to decide.
 Without a sound model (`semantic=False`, `--turn-detector words`) words judged neither way end the
 turn after `end_of_speech_ms`, as with silence alone.
+
+With `open_until_answer=True`, a turn whose speculative answer is being prepared (`set_answer`) stays
+open after its silence rule is met until that answer is ready to play, and at most `max_silence_ms`:
+the answer takes 0.8 to 1 s after the voice stops on this machine, the silence rule 0.2 to 0.45 s, so a
+person who pauses to think and goes on within that time goes on with the same turn (the speculative
+answer is dropped and the whole utterance transcribed again), where the turn used to be closed and the
+rest answered as a turn of its own ("You are entering conference number ... five"). Nothing plays
+earlier either way. `due` is the Endpoint the silence rule would have sent, for the orchestrator to act
+on at once when the answer becomes ready between two chunks.
 """
 
 from __future__ import annotations
@@ -91,6 +100,7 @@ class UtteranceTracker:
         complete_silence_ms: int = 200,
         max_silence_ms: int = 2000,
         read_words: bool = False,
+        open_until_answer: bool = False,
     ) -> None:
         self.min_speech_s = min_speech_ms / 1000.0
         self.speculate_after_s = speculate_after_ms / 1000.0
@@ -115,6 +125,11 @@ class UtteranceTracker:
         self._verdict: tuple[float, bool] | None = None  # (speech_end_t, finished); set by the turn thread
         self.read_words = read_words
         self._words: tuple[float, float | None] | None = None  # (speech_end_t, probability the message ends)
+        self.open_until_answer = open_until_answer
+        self._answer: tuple[float, bool] | None = None  # (speech_end_t, ready to play); set by the orchestrator
+        self.due: Endpoint | None = None
+        """The end of turn the silence rule has reached while the open utterance's answer is not ready yet
+        (audio-in thread writes; other threads read it whole)."""
         self._verdict_lock = threading.Lock()
 
     def set_verdict(self, speech_end_t: float, finished: bool) -> None:
@@ -127,6 +142,17 @@ class UtteranceTracker:
         (None: not judged, the sound decides). From the thread that asked the language model."""
         with self._verdict_lock:
             self._words = (speech_end_t, probability)
+
+    def set_answer(self, speech_end_t: float, ready: bool) -> None:
+        """Any thread: an answer to the utterance that ended at `speech_end_t` is being prepared (`ready`
+        False) or is ready to play (True)."""
+        with self._verdict_lock:
+            self._answer = (speech_end_t, ready)
+
+    def _answer_pending(self) -> bool:
+        with self._verdict_lock:
+            answer = self._answer
+        return answer is not None and answer[0] == self.last_speech_end_t and not answer[1]
 
     def _end_of_turn(self) -> tuple[float, str]:
         """The silence that ends the open utterance now, and why that much."""
@@ -167,6 +193,7 @@ class UtteranceTracker:
         else:
             self._maybe_start_t = 0.0
         if is_speech:
+            self.due = None
             if not self._run_start_t:
                 self._run_start_t = min(self._maybe_start_t, end_t - CHUNK_S)
                 self._long_sent = False
@@ -200,7 +227,12 @@ class UtteranceTracker:
                                         self._utterance_speech_s))  # fmt: skip
         end_s, how = self._end_of_turn()
         if silence_s >= end_s - 1e-9:
-            events.append(Endpoint(self.last_speech_end_t, self._utterance_speech_s, how))
+            endpoint = Endpoint(self.last_speech_end_t, self._utterance_speech_s, how)
+            if self.open_until_answer and silence_s < self.max_silence_s - 1e-9 and self._answer_pending():
+                self.due = endpoint  # over by its silence; open until its answer can play
+                return events
+            self.due = None
+            events.append(endpoint)
             self._utterance_start_t = 0.0
         return events
 
