@@ -133,6 +133,7 @@ class VoiceConversationSystem:
         self._active: Turn | None = None  # the turn being answered; guarded by _lock
         self._resumable: Turn | None = None  # reply cut by a barge-in that may prove false; guarded by _lock
         self._endpoint_for = 0.0  # speech_end_t of the last utterance whose turn is over; guarded by _lock
+        self._thinking_cued_for = 0.0  # the turn held open for its answer that had its "thinking" cue (audio-in thread)
         self._endpoint_how = ""  # how that turn ended (Endpoint.how); guarded by _lock
         self._onset_hold = 0.0  # when the reply's audio was held for a voice that started (0: not); audio-in thread only
         self._hold_voice_t = 0.0  # audio time of the held voice's last chunk (0: none yet); audio-in thread
@@ -263,6 +264,9 @@ class VoiceConversationSystem:
                     self.speculation.submit(event)
             elif isinstance(event, Endpoint):
                 self._on_endpoint(event)
+        due = self.mic.tracker.due
+        if due is not None and due.speech_end_t != self._thinking_cued_for:
+            self._on_turn_due(due)
         if self.mic.maybe_voice and not self._onset_hold:
             self._hold_for_onset()  # the canceller let through what may be a voice: hold before Silero is sure
         if self._onset_hold:
@@ -394,6 +398,17 @@ class VoiceConversationSystem:
         if self.turn_judge is not None:
             self.turn_judge.no_words(speech_end_t)
 
+    def _on_turn_due(self, due: Endpoint) -> None:
+        """Audio-in thread: the silence has ended the turn, which stays open until its answer is ready
+        (endpointing.py, `open_until_answer`): the "thinking" cue says so now, as it did at the end of turn."""
+        self._thinking_cued_for = due.speech_end_t
+        with self._lock:
+            turn = self._active
+            waiting = (turn is not None and turn.tentative and turn.timings.speech_end_t == due.speech_end_t
+                       and not turn.timings.first_audio_ready_t)  # fmt: skip
+        if waiting:
+            self._cue("thinking")
+
     def _on_endpoint(self, event: Endpoint) -> None:
         """Audio-in thread (or the tts thread, when a turn held open for its answer ends as the answer is
         ready): the user's turn is over; play the speculative answer if it is ready. Idempotent."""
@@ -409,7 +424,7 @@ class VoiceConversationSystem:
                 self.speech.release(turn.turn_id)
         if promote:
             chat_log.info("You: %s", turn.user_text)
-            if not turn.timings.first_audio_ready_t:
+            if not turn.timings.first_audio_ready_t and self._thinking_cued_for != event.speech_end_t:
                 self._cue("thinking")  # the held answer is not ready yet: say that it is coming
             if self._check_loop(turn) and self._drop_active(turn):  # say the loop message instead
                 self.sink.clear()

@@ -162,6 +162,32 @@ def test_cue_when_the_turn_is_heard_and_when_thinking_starts_but_not_for_its_own
         h.close()
 
 
+def test_the_thinking_cue_sounds_when_a_turn_held_open_for_its_answer_is_over_by_its_silence(server):
+    """With the turn open until its answer is ready, "thinking" sounds when the silence has ended the turn
+    and the answer is still being written (not later, when it is ready), once."""
+    h = Harness(server.url, transcripts=("what time is it",), speculate_after_ms=96, cues=True)
+    try:
+        cues: Cues = h.system.cues
+        gate = threading.Event()
+        server.script(Reply(pieces=["It is noon."], gates={0: gate}))
+        t = h.speak(15, 500.0)
+        t = h.pause(4, t)
+        assert server.wait_until_blocked(gate)
+        turn = h.system.active_turn()
+        assert list(cues.played) == ["heard"]
+        t = h.pause(12, t)  # 512 ms of silence: past the 450 ms rule, the answer not written yet
+        assert turn.tentative and list(cues.played) == ["heard", "thinking"]
+        t = h.pause(4, t)
+        gate.set()
+        wait_until(lambda: not turn.tentative)
+        h.pause(1, t)
+        h.play_reply(turn.turn_id)
+        h.wait_idle()
+        assert list(cues.played) == ["heard", "thinking"]
+    finally:
+        h.close()
+
+
 def test_cues_are_unset_on_or_off_and_text_mode_has_no_input_file(tmp_path):
     from voice_assistant.cli import parse_command_line
     from voice_assistant.config import ConfigError, Config, load_toml, to_toml

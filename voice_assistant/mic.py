@@ -113,8 +113,10 @@ class MicrophoneChain:
             probability = self.vad.probability(chunk)
             is_speech = probability >= self.vad_threshold
             maybe = probability >= self.vad_threshold - 0.15  # Silero's usual onset hysteresis
-            if cue and not self.tracker.in_utterance:
-                is_speech = maybe = False  # our own cue, not a voice starting (within one, the user's voice goes on)
+            if cue and (not self.tracker.in_utterance or self.tracker.due is not None):
+                # our own cue, not a voice starting: outside an utterance, or in one that its silence has
+                # ended and that waits for its answer (the "thinking" cue); within the user's speech it goes on
+                is_speech = maybe = False
             if self.passed is not None and not self.tracker.in_utterance:
                 self.voice_passed = False  # a new utterance may begin
             events = self.tracker.push(chunk, is_speech, end_t, maybe)
@@ -151,7 +153,8 @@ class MicrophoneChain:
         through PulseAudio, -29 dBFS with 0 dB lost). Taken for a voice, the "thinking" cue held the reply
         that followed it for about 0.9 s (4 turns in 20, in each of two runs) and kept RealtimeSTT's
         recording open (see speculation.TranscriptCache). It is our own sound: not let through (`passed`),
-        and no speech unless the user is already speaking."""
+        and no speech unless the user is speaking (in a turn held open for its answer, the user is silent:
+        the "thinking" cue plays there, and its echo must not go on with the turn)."""
         start_t, end_of_echo_t = self._cue_echo
         return start_t < end_t and end_t - INPUT_CHUNK_SAMPLES / INPUT_RATE_HZ < end_of_echo_t
 
