@@ -177,6 +177,7 @@ def test_the_thinking_cue_sounds_when_a_turn_held_open_for_its_answer_is_over_by
         assert list(cues.played) == ["heard"]
         t = h.pause(12, t)  # 512 ms of silence: past the 450 ms rule, the answer not written yet
         assert turn.tentative and list(cues.played) == ["heard", "thinking"]
+        assert snapshot(h.system).state == "thinking"  # the view says so too, not "hearing you"
         t = h.pause(4, t)
         gate.set()
         wait_until(lambda: not turn.tentative)

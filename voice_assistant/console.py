@@ -56,10 +56,11 @@ def snapshot(system, typed: str = "", interrupted_until: float = 0.0) -> Snapsho
     """The state of `system` (a VoiceConversationSystem) for the view; never blocks for long."""
     turn = system.active_turn()
     mic = system.mic
-    hearing = mic is not None and mic.tracker.in_utterance
+    held_open = mic is not None and mic.tracker.due is not None  # over by its silence, open for its answer
+    hearing = mic is not None and mic.tracker.in_utterance and not held_open
     if hearing:
         state = "hearing you"
-    elif turn is not None and not turn.tentative and not turn.timings.first_audio_t:
+    elif turn is not None and (not turn.tentative or held_open) and not turn.timings.first_audio_t:
         state = "thinking"
     elif turn is not None and turn.timings.first_audio_t and not turn.playback_done:
         state = "speaking"
