@@ -338,6 +338,7 @@ prose = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(text=prose, cuts=st.lists(st.integers(0, 2000), max_size=15), max_chars=st.integers(30, 120))
+@example(text="。. ", cuts=[], max_chars=30)  # found by hypothesis: marks after a full-width stop stay with it
 def test_property_chunker_keeps_every_word_with_max_chars(text: str, cuts: list[int], max_chars: int) -> None:
     # Words shorter than max_chars, separated by spaces and newlines: max_chars cuts never split one.
     chunks = chunk(split_at(text, cuts), max_chars=max_chars)

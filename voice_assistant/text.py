@@ -157,7 +157,7 @@ class SentenceChunker:
                 continue
             if ch in WIDE_SENTENCE_END or (allow_clause and ch in WIDE_CLAUSE_END):
                 j = i + 1
-                while j < len(text) and text[j] in CLOSERS + WIDE_SENTENCE_END:
+                while j < len(text) and text[j] in CLOSERS + WIDE_SENTENCE_END + SENTENCE_END:
                     j += 1
                 if j >= len(text):
                     return None  # a closing quote or another mark may follow
