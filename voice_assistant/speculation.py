@@ -30,9 +30,9 @@ class TranscriptCache:
     here (`lookup(recording_start_t=...)`).
     """
 
-    def __init__(self, latest: Callable[[], float], latest_utterance: Callable[[], float] | None = None) -> None:
+    def __init__(self, latest: Callable[[], float], latest_utterance: Callable[[], float]) -> None:
         self.latest = latest  # speech_end_t of the newest speech (the utterance tracker's)
-        self.latest_utterance = latest_utterance or latest  # ... of the newest utterance long enough to transcribe
+        self.latest_utterance = latest_utterance  # ... of the newest utterance long enough to transcribe
         self._cond = threading.Condition()
         self._text: tuple[float, str] | None = None  # guarded by _cond
         self._inflight_for = 0.0  # utterance being transcribed now; guarded by _cond
